@@ -1,0 +1,262 @@
+//! Starting Haven: open the store, bootstrap, serve HTTP, run commands. `serve` is the
+//! testable entry point: it takes a bound listener and a shutdown signal.
+
+use std::future::Future;
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::auth;
+use crate::cli::{AdminCommand, AuditCommand, Cli, Command};
+use crate::config::Config;
+use crate::domain::permission::Role;
+use crate::domain::{new_id, now};
+use crate::http::{router, AppState};
+use crate::store::{Organization, Store, StoreError, User};
+
+/// The binary's body: runs the command and turns errors into an exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(&cli.config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = cli.config;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let store = open_store(&config).await?;
+            let listener = TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let addr = listener.local_addr()?;
+            if !config.no_bootstrap {
+                if let Some((email, password)) = bootstrap(store.as_ref()).await? {
+                    println!("Haven created the organization \"Demo Clinic\" and its first admin.");
+                    println!("login: {email} password: {password}");
+                    println!("This password is shown once. Change it after logging in.");
+                }
+            }
+            println!("Haven is listening: open http://{addr}/ in a browser (API under http://{addr}/api/v2/)");
+            serve(store, Arc::new(config), listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker => {
+            let _store = open_store(&config).await?;
+            tracing::info!("worker started; waiting for operations");
+            shutdown_signal().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let store = open_store_without_migrating(&config).await?;
+            store.migrate().await.context("applying migrations")?;
+            println!("migrations applied ({})", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(AdminCommand::CreateOrg { name }) => {
+            let store = open_store(&config).await?;
+            let org = create_organization(store.as_ref(), &name).await?;
+            println!("{}", org.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin(AdminCommand::CreateUser {
+            org,
+            email,
+            role,
+            password_stdin,
+        }) => {
+            let store = open_store(&config).await?;
+            let password = if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().lock().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                std::env::var("HAVEN_PASSWORD")
+                    .context("set HAVEN_PASSWORD or pass --password-stdin to give the password")?
+            };
+            let role = Role::parse(&role).with_context(|| {
+                format!("unknown role `{role}`: use admin, data_manager, analyst or viewer")
+            })?;
+            let user = create_user(store.as_ref(), org, &email, role, &password).await?;
+            println!("{}", user.id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { org }) => {
+            let store = open_store(&config).await?;
+            let orgs = match org {
+                Some(id) => vec![id],
+                None => store.list_organization_ids().await?,
+            };
+            let mut intact = true;
+            for org in orgs {
+                let result = crate::audit::verify(store.as_ref(), org).await?;
+                match result.broken {
+                    None => println!(
+                        "organization {org}: {} entries, chain intact",
+                        result.entries_checked
+                    ),
+                    Some(b) => {
+                        intact = false;
+                        let entry = b
+                            .entry_id
+                            .map(|id| id.to_string())
+                            .unwrap_or_else(|| "(missing)".into());
+                        println!(
+                            "organization {org}: BROKEN at entry {entry} (seq {}): {}",
+                            b.seq, b.reason
+                        );
+                    }
+                }
+            }
+            Ok(if intact {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Opens the configured database (creating the data dir) and migrates unless told not to.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = open_store_without_migrating(config).await?;
+    if !config.no_migrate {
+        store.migrate().await.context("applying migrations")?;
+    }
+    Ok(store)
+}
+
+async fn open_store_without_migrating(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    crate::store::connect(&config.database_url())
+        .await
+        .context("opening the database")
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let app = router(AppState { store, config });
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("HTTP server failed")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = terminate => {} }
+    tracing::info!("shutting down");
+}
+
+/// On an empty database, creates "Demo Clinic" and `admin@demo.local` with a random
+/// password, returned so that it can be printed once.
+pub async fn bootstrap(store: &dyn Store) -> anyhow::Result<Option<(String, String)>> {
+    if store.count_organizations().await? > 0 {
+        return Ok(None);
+    }
+    let org = create_organization(store, "Demo Clinic").await?;
+    let password = auth::random_password();
+    let email = "admin@demo.local";
+    create_user(store, org.id, email, Role::Admin, &password).await?;
+    Ok(Some((email.to_string(), password)))
+}
+
+pub async fn create_organization(store: &dyn Store, name: &str) -> anyhow::Result<Organization> {
+    let name = name.trim();
+    anyhow::ensure!(!name.is_empty(), "the organization needs a name");
+    let org = Organization {
+        id: new_id(),
+        name: name.to_string(),
+        created_at: now(),
+    };
+    store.create_organization(&org).await?;
+    Ok(org)
+}
+
+/// Creates a user after checking the email, the organization and the password policy.
+pub async fn create_user(
+    store: &dyn Store,
+    org: Uuid,
+    email: &str,
+    role: Role,
+    password: &str,
+) -> anyhow::Result<User> {
+    let email = email.trim().to_lowercase();
+    anyhow::ensure!(
+        email.split('@').count() == 2 && email.contains('.'),
+        "`{email}` is not an email address"
+    );
+    anyhow::ensure!(
+        store.get_organization(org).await?.is_some(),
+        "no organization has the id {org}"
+    );
+    auth::check_password_policy(password).map_err(anyhow::Error::msg)?;
+    let password = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password)).await??;
+    let user = User {
+        id: new_id(),
+        organization_id: org,
+        email: email.clone(),
+        role,
+        created_at: now(),
+    };
+    match store.create_user(&user, &hash).await {
+        Ok(()) => Ok(user),
+        Err(StoreError::Duplicate(_)) => {
+            anyhow::bail!("a user with the email {email} exists already")
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,535 @@
+//! Writing an export file (SPEC 4.2, export options), one patient at a time.
+//!
+//! CSV, JSON and NDJSON stream straight to the output, so memory does not grow with the
+//! number of patients. XLSX is built in memory and written on [`ExportWriter::finish`]:
+//! rust_xlsxwriter's constant-memory mode would spill plaintext temporary files to disk,
+//! and no patient data may rest in plaintext outside the patients table (SPEC 4.1).
+//!
+//! CSV and XLSX cells are spreadsheet-safe (OWASP CSV injection): text that a spreadsheet
+//! could take for a formula gets a leading `'`. Valid E.164 phone numbers are the one
+//! exception: they are `+` and digits only, cannot carry a formula, and must stay intact.
+
+use std::io::{self, BufWriter, Write};
+
+use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::domain::patient::{Patient, SYSTEM_FIELDS, WRITABLE_FIELDS};
+use crate::domain::FieldError;
+
+use super::fhir;
+
+/// The file formats an export can be written in (the `format` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Csv,
+    Json,
+    /// FHIR R4 `Patient` resources, one per line.
+    Ndjson,
+    Xlsx,
+}
+
+impl ExportFormat {
+    /// The file name extension, for download names.
+    pub fn extension(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// The HTTP `Content-Type` of a download in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+            ExportFormat::Ndjson => "application/fhir+ndjson",
+            ExportFormat::Xlsx => {
+                "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+            }
+        }
+    }
+
+    /// The option value as the API spells it (`csv`, `json`, `ndjson`, `xlsx`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+            ExportFormat::Xlsx => "xlsx",
+        }
+    }
+}
+
+/// The fields exported when the request names none: a minimal set, so an export shares no
+/// more patient data than asked for.
+pub const DEFAULT_EXPORT_FIELDS: [&str; 6] = [
+    "id",
+    "unhcr_number",
+    "given_name",
+    "family_name",
+    "gender",
+    "date_of_birth",
+];
+
+/// Validates the `fields` option at schedule time, so a bad name is a 422 and not a failed
+/// export hours later. Collects every problem.
+pub fn check_fields(fields: &[String]) -> Result<(), Vec<FieldError>> {
+    if fields.is_empty() {
+        return Err(vec![FieldError::new(
+            "fields",
+            "required",
+            "at least one field is required",
+        )]);
+    }
+    let mut errors = Vec::new();
+    // At most one entry per known field, so the duplicate check stays linear.
+    let mut seen: Vec<&str> = Vec::new();
+    for field in fields {
+        let name: String = field.chars().take(64).collect();
+        let known =
+            SYSTEM_FIELDS.contains(&field.as_str()) || WRITABLE_FIELDS.contains(&field.as_str());
+        let (code, message) = if !known {
+            ("unknown_field", format!("'{name}' is not a patient field"))
+        } else if seen.contains(&field.as_str()) {
+            ("duplicate", format!("'{name}' is listed more than once"))
+        } else {
+            seen.push(field);
+            continue;
+        };
+        errors.push(FieldError::new("fields", code, &message));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// A file being written: the engine feeds it patients one by one, then finishes it. `Send`
+/// so an export can run on any worker thread.
+pub trait ExportWriter: Send {
+    /// Appends one patient.
+    fn write_patient(&mut self, patient: &Patient) -> io::Result<()>;
+    /// Completes the file (closing brackets, XLSX body) and flushes the output.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Starts a file in `format` with the columns `fields` (in that order) on `out`. The CSV
+/// header row and the JSON `[` are written at once. `fields` is checked with
+/// [`check_fields`] (an invalid list is `InvalidInput`), except for NDJSON, whose FHIR
+/// resources have a fixed shape and ignore `fields`.
+pub fn new_writer<W: Write + Send + 'static>(
+    format: ExportFormat,
+    fields: Vec<String>,
+    out: W,
+) -> io::Result<Box<dyn ExportWriter>> {
+    if format != ExportFormat::Ndjson {
+        check_fields(&fields).map_err(|errors| {
+            let codes: Vec<String> = errors.into_iter().map(|e| e.message).collect();
+            io::Error::new(io::ErrorKind::InvalidInput, codes.join("; "))
+        })?;
+    }
+    Ok(match format {
+        ExportFormat::Csv => {
+            // QuoteStyle::Necessary: a cell is quoted only when it holds a delimiter, quote or
+            // line break. Valid phone numbers (`+` and digits) therefore come out byte for
+            // byte as stored. Quoting them would not change how a spreadsheet types the cell
+            // (quotes are not a type marker in CSV), and prefixing `'` would corrupt them;
+            // the XLSX export is where phones are stored as typed text cells.
+            let mut out = csv::WriterBuilder::new()
+                .quote_style(csv::QuoteStyle::Necessary)
+                .from_writer(out);
+            out.write_record(&fields)?;
+            Box::new(CsvExport { out, fields })
+        }
+        ExportFormat::Json => {
+            let mut out = BufWriter::new(out);
+            out.write_all(b"[")?;
+            Box::new(JsonExport {
+                out,
+                fields,
+                first: true,
+            })
+        }
+        ExportFormat::Ndjson => Box::new(NdjsonExport {
+            out: BufWriter::new(out),
+        }),
+        ExportFormat::Xlsx => Box::new(XlsxExport::new(fields, out).map_err(xlsx_error)?),
+    })
+}
+
+/// Whether `field` holds a phone number (exempt from neutralising when valid E.164).
+fn is_phone_field(field: &str) -> bool {
+    matches!(field, "phone_number" | "emergency_contact_phone")
+}
+
+/// `+` then 7 to 15 digits: the only shape a stored phone number has.
+fn is_e164(text: &str) -> bool {
+    text.strip_prefix('+')
+        .is_some_and(|d| (7..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A JSON value as cell text: strings as is, numbers as digits, null as empty, lists
+/// joined with `;` (the import's list separator, so an export can be re-imported).
+fn render(value: &Value) -> String {
+    match value {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(render).collect::<Vec<_>>().join(";"),
+        other => other.to_string(),
+    }
+}
+
+/// Prefixes `'` to text a spreadsheet would read as a formula, except valid phone numbers.
+fn spreadsheet_safe(field: &str, text: String) -> String {
+    let risky = matches!(
+        text.chars().next(),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r')
+    );
+    if !risky || (is_phone_field(field) && is_e164(&text)) {
+        text
+    } else {
+        format!("'{text}")
+    }
+}
+
+/// The spreadsheet-safe text of one field of one patient.
+fn cell_text(patient: &Patient, field: &str) -> String {
+    let value = patient.get_json(field).unwrap_or(Value::Null);
+    spreadsheet_safe(field, render(&value))
+}
+
+struct CsvExport<W: Write> {
+    out: csv::Writer<W>,
+    fields: Vec<String>,
+}
+
+impl<W: Write + Send> ExportWriter for CsvExport<W> {
+    fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
+        for field in &self.fields {
+            self.out.write_field(cell_text(patient, field))?;
+        }
+        // An empty record terminates the one built field by field above.
+        self.out.write_record(None::<&[u8]>)?;
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        // csv::Writer::flush flushes its buffer and then the inner writer.
+        self.out.flush()
+    }
+}
+
+struct JsonExport<W: Write> {
+    out: BufWriter<W>,
+    fields: Vec<String>,
+    first: bool,
+}
+
+impl<W: Write + Send> ExportWriter for JsonExport<W> {
+    fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",\n")?;
+        }
+        self.first = false;
+        // Written key by key: serde_json's Map would sort the keys, and the order of
+        // `fields` is part of the request.
+        self.out.write_all(b"{")?;
+        for (i, field) in self.fields.iter().enumerate() {
+            if i > 0 {
+                self.out.write_all(b",")?;
+            }
+            serde_json::to_writer(&mut self.out, field)?;
+            self.out.write_all(b":")?;
+            let value = patient.get_json(field).unwrap_or(Value::Null);
+            serde_json::to_writer(&mut self.out, &value)?;
+        }
+        self.out.write_all(b"}")
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.out.write_all(b"]\n")?;
+        self.out.flush()
+    }
+}
+
+/// FHIR resources have a fixed shape, so NDJSON ignores the `fields` option.
+struct NdjsonExport<W: Write> {
+    out: BufWriter<W>,
+}
+
+impl<W: Write + Send> ExportWriter for NdjsonExport<W> {
+    fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &fhir::patient_resource(patient))?;
+        self.out.write_all(b"\n")
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// The whole sheet is kept in memory on purpose (see the module comment).
+struct XlsxExport<W: Write> {
+    out: W,
+    fields: Vec<String>,
+    sheet: Worksheet,
+    next_row: u32,
+}
+
+impl<W: Write> XlsxExport<W> {
+    fn new(fields: Vec<String>, out: W) -> Result<Self, XlsxError> {
+        let mut sheet = Worksheet::new();
+        sheet.set_name("patients")?;
+        let bold = Format::new().set_bold();
+        for (col, field) in (0u16..).zip(&fields) {
+            sheet.write_string_with_format(0, col, field, &bold)?;
+        }
+        Ok(XlsxExport {
+            out,
+            fields,
+            sheet,
+            next_row: 1,
+        })
+    }
+}
+
+/// An XLSX error as an I/O error. Only messages known to quote no cell text are passed on.
+fn xlsx_error(e: XlsxError) -> io::Error {
+    let message = match e {
+        XlsxError::RowColumnLimitError | XlsxError::MaxStringLengthExceeded => e.to_string(),
+        XlsxError::IoError(io) => return io,
+        _ => "the XLSX file could not be built".to_string(),
+    };
+    io::Error::other(format!("XLSX export: {message}"))
+}
+
+impl<W: Write + Send> ExportWriter for XlsxExport<W> {
+    fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
+        let row = self.next_row;
+        for (col, field) in (0u16..).zip(&self.fields) {
+            let value = patient.get_json(field).unwrap_or(Value::Null);
+            let written = match &value {
+                Value::Null => continue,
+                // Only `version` and `estimated_birth_year` are numbers: number cells.
+                Value::Number(n) => {
+                    self.sheet
+                        .write_number(row, col, n.as_f64().unwrap_or_default())
+                }
+                other => {
+                    let text = spreadsheet_safe(field, render(other));
+                    self.sheet.write_string(row, col, text)
+                }
+            };
+            written.map_err(xlsx_error)?;
+        }
+        self.next_row += 1;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let XlsxExport { mut out, sheet, .. } = *self;
+        let mut workbook = Workbook::new();
+        workbook.push_worksheet(sheet);
+        let bytes = workbook.save_to_buffer().map_err(xlsx_error)?;
+        out.write_all(&bytes)?;
+        out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::patient::PatientFields;
+    use chrono::{NaiveDate, TimeZone, Utc};
+    use std::sync::{Arc, Mutex};
+    use uuid::Uuid;
+
+    /// A `Write` whose bytes the test can read after the writer is finished.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn patient(n: u128, given: &str, phone: &str) -> Patient {
+        let t = Utc.timestamp_opt(1_795_941_000, 0).single().expect("time");
+        Patient {
+            id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n),
+            organization_id: Uuid::from_u128(0xaa),
+            fields: PatientFields {
+                unhcr_number: Some(format!("KEN-24-{n:06}")),
+                given_name: given.to_string(),
+                family_name: "Ali".into(),
+                gender: "male".into(),
+                date_of_birth: NaiveDate::from_ymd_opt(1990, 1, 1),
+                phone_number: Some(phone.to_string()),
+                languages_spoken: vec!["so".into(), "sw".into(), "en".into()],
+                estimated_birth_year: Some(1990),
+                ..PatientFields::new_draft()
+            },
+            created_at: t,
+            updated_at: t,
+            version: 2,
+            deleted_at: None,
+            import_operation_id: None,
+        }
+    }
+
+    /// The given names of the formula-injection sample, read with the import reader.
+    fn injection_patients() -> Vec<Patient> {
+        let text = include_str!("/work/shared/samples/patients-formula-injection.csv");
+        let mut reader = super::super::csv_import::open(text.as_bytes()).expect("open");
+        let mut patients = Vec::new();
+        while let Some(row) = reader.next_record() {
+            let record = row.expect("row").record;
+            let n = patients.len() as u128 + 301;
+            patients.push(patient(n, &record[1], &record[10]));
+        }
+        patients
+    }
+
+    /// Exports `patients` with the space-separated `fields`.
+    fn export(format: ExportFormat, fields: &str, patients: &[Patient]) -> String {
+        let sink = Sink::default();
+        let fields = fields.split_whitespace().map(String::from).collect();
+        let mut writer = new_writer(format, fields, sink.clone()).expect("writer");
+        for p in patients {
+            writer.write_patient(p).expect("write");
+        }
+        writer.finish().expect("finish");
+        let bytes = sink.0.lock().expect("lock").clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn csv_neutralises_formulas_but_keeps_phone_numbers() {
+        let fields = "given_name phone_number languages_spoken version";
+        let out = export(ExportFormat::Csv, fields, &injection_patients());
+        assert!(out.starts_with("given_name,phone_number,languages_spoken,version\n"));
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+        let given: Vec<&str> = rows.iter().map(|r| &r[0]).collect();
+        let expected = [
+            "'=HYPERLINK(\"http://x\",\"click\")",
+            "'+SUM(1+1)",
+            "'-2+3",
+            "'@cmd",
+        ];
+        assert_eq!(given, [&expected[..], &["'\tTab"]].concat());
+        assert_eq!(&rows[0][1], "+254711000301");
+        assert!(out.contains(",+254711000301,"));
+        assert_eq!((&rows[0][2], &rows[0][3]), ("so;sw;en", "2"));
+    }
+
+    #[test]
+    fn invalid_phone_text_is_neutralised_like_any_cell() {
+        let safe = |field: &str, text: &str| spreadsheet_safe(field, text.to_string());
+        assert_eq!(safe("phone_number", "+1+cmd|x"), "'+1+cmd|x");
+        assert_eq!(safe("email", "+254711000301"), "'+254711000301");
+        assert_eq!(
+            safe("emergency_contact_phone", "+254711000301"),
+            "+254711000301"
+        );
+        assert_eq!(safe("given_name", "Amina"), "Amina");
+    }
+
+    #[test]
+    fn json_is_an_array_of_objects_in_field_order() {
+        let fields = "unhcr_number id languages_spoken middle_names version";
+        let text = export(ExportFormat::Json, fields, &injection_patients());
+        assert!(text.ends_with("]\n"));
+        let parsed: Value = serde_json::from_str(&text).expect("json");
+        let items = parsed.as_array().expect("array");
+        assert_eq!(items.len(), 5);
+        assert_eq!(items[0]["unhcr_number"], "KEN-24-000301");
+        assert_eq!(
+            items[0]["languages_spoken"],
+            serde_json::json!(["so", "sw", "en"])
+        );
+        assert_eq!(
+            (&items[0]["middle_names"], &items[0]["version"]),
+            (&Value::Null, &2.into())
+        );
+        let first_line = text.lines().next().expect("line");
+        let order: Vec<usize> = fields
+            .split_whitespace()
+            .map(|f| first_line.find(&format!("\"{f}\":")).expect("key"))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "keys in field order");
+        assert_eq!(export(ExportFormat::Json, fields, &[]), "[]\n");
+    }
+
+    #[test]
+    fn ndjson_is_one_fhir_patient_per_line() {
+        let patients = injection_patients();
+        let out = export(ExportFormat::Ndjson, "", &patients);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5);
+        for (line, p) in lines.iter().zip(&patients) {
+            let r: Value = serde_json::from_str(line).expect("json line");
+            assert_eq!(r["resourceType"], "Patient");
+            let unhcr = p.fields.unhcr_number.as_deref().expect("unhcr");
+            assert_eq!(r["identifier"][0]["value"], unhcr);
+            assert_eq!(
+                (&r["name"][0]["family"], &r["gender"]),
+                (&"Ali".into(), &"male".into())
+            );
+            assert_eq!(r["birthDate"], "1990-01-01");
+            let org = format!("Organization/{}", p.organization_id);
+            assert_eq!(r["managingOrganization"]["reference"], org);
+        }
+    }
+
+    #[test]
+    fn xlsx_is_a_zip_workbook() {
+        let fields = "id given_name phone_number version estimated_birth_year email";
+        // Lossy text of the zip bytes: its ASCII magic survives the conversion.
+        let out = export(ExportFormat::Xlsx, fields, &injection_patients());
+        assert!(out.starts_with("PK\u{3}\u{4}"));
+        assert!(out.len() > 1000);
+    }
+
+    #[test]
+    fn fields_are_checked() {
+        let names = |v: &str| v.split_whitespace().map(String::from).collect::<Vec<_>>();
+        assert!(check_fields(&DEFAULT_EXPORT_FIELDS.map(String::from)).is_ok());
+        assert!(check_fields(&names("version allergies deleted_at")).is_ok());
+        let codes = |r: Result<(), Vec<FieldError>>| -> Vec<String> {
+            r.expect_err("invalid")
+                .into_iter()
+                .map(|e| e.code)
+                .collect()
+        };
+        assert_eq!(codes(check_fields(&[])), ["required"]);
+        assert_eq!(
+            codes(check_fields(&names("id colour id"))),
+            ["unknown_field", "duplicate"]
+        );
+        let err = check_fields(&names("colour")).expect_err("unknown");
+        assert!(err[0].message.contains("colour"));
+        assert!(new_writer(ExportFormat::Csv, names("colour"), Sink::default()).is_err());
+    }
+
+    #[test]
+    fn format_names_and_types() {
+        let f: ExportFormat = serde_json::from_str("\"ndjson\"").expect("format");
+        assert_eq!(
+            (f, f.content_type()),
+            (ExportFormat::Ndjson, "application/fhir+ndjson")
+        );
+        assert_eq!(ExportFormat::Xlsx.extension(), "xlsx");
+        assert_eq!(
+            serde_json::to_string(&ExportFormat::Csv).expect("json"),
+            "\"csv\""
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP API: one file per resource, shared extractors and the error mapping.
+
+pub mod audit;
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod patients;
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::config::Config;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .merge(auth::routes())
+        .merge(patients::routes())
+        .merge(audit::routes())
+        .fallback(|| async { error::AppError::NotFound("route") })
+        .with_state(state)
+}
+
+/// Paging parameters shared by lists: `limit` (1..=200, default 50) and `cursor`.
+pub fn page_from_query(
+    query: &std::collections::BTreeMap<String, String>,
+) -> Result<crate::store::Page, error::AppError> {
+    let limit = match query.get("limit") {
+        None => 50,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (1..=200).contains(&n) => n,
+            _ => {
+                return Err(error::AppError::invalid_field(
+                    "limit",
+                    "out_of_range",
+                    "must be a whole number from 1 to 200",
+                ))
+            }
+        },
+    };
+    let after = match query.get("cursor").filter(|c| !c.is_empty()) {
+        None => None,
+        Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
+            error::AppError::invalid_field(
+                "cursor",
+                "invalid_cursor",
+                "is not a cursor this API returned",
+            )
+        })?),
+    };
+    Ok(crate::store::Page { after, limit })
+}

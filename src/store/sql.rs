@@ -1,0 +1,629 @@
+//! The SQL both backends share.
+//!
+//! The two backends run the same statements with `$n` placeholders (SQLite accepts
+//! them) and bind the same Rust types; sqlx encodes them natively for each (UUID as
+//! BLOB and timestamps as TEXT on SQLite, `uuid`/`timestamptz` on PostgreSQL). Rather
+//! than write every method twice, or build on `sqlx::Any` (which cannot bind UUIDs or
+//! timestamps), this macro expands the shared implementation once per concrete backend;
+//! what differs between them comes from the backend's [`Dialect`] and its own file.
+
+/// The SQL fragments that differ between backends.
+pub struct Dialect {
+    /// Appended to a SELECT that must lock the rows it reads (empty on SQLite, where
+    /// the single writer connection already serializes writers).
+    pub for_update: &'static str,
+}
+
+/// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.
+pub const PATIENT_COLUMNS: &str = "id, organization_id, given_name, family_name, gender, \
+    unhcr_number, middle_names, date_of_birth, estimated_birth_year, place_of_birth, \
+    refugee_status, origin_country, current_camp, camp_section, phone_number, email, \
+    primary_language, languages_spoken, blood_type, allergies, chronic_conditions, \
+    emergency_contact_name, emergency_contact_phone, verification_status, created_at, \
+    updated_at, version, deleted_at, import_operation_id";
+
+/// `$1, $2, ...` for the patient columns.
+pub const PATIENT_PLACEHOLDERS: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+    $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29";
+
+/// `SET` list of an update of the writable fields; `$1` is the id, `$2` the org.
+pub const PATIENT_UPDATE_SET: &str = "given_name = $3, family_name = $4, gender = $5, \
+    unhcr_number = $6, middle_names = $7, date_of_birth = $8, estimated_birth_year = $9, \
+    place_of_birth = $10, refugee_status = $11, origin_country = $12, current_camp = $13, \
+    camp_section = $14, phone_number = $15, email = $16, primary_language = $17, \
+    languages_spoken = $18, blood_type = $19, allergies = $20, chronic_conditions = $21, \
+    emergency_contact_name = $22, emergency_contact_phone = $23, verification_status = $24";
+
+pub fn list_to_text(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_string())
+}
+
+pub fn text_to_list(text: &str) -> Result<Vec<String>, super::StoreError> {
+    serde_json::from_str(text).map_err(|e| super::StoreError::Corrupt(format!("list column: {e}")))
+}
+
+/// Maps a unique-constraint violation to the field it protects.
+pub fn classify(err: sqlx::Error) -> super::StoreError {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            let text = format!("{} {}", db.constraint().unwrap_or(""), db.message());
+            if text.contains("unhcr") {
+                return super::StoreError::Duplicate("unhcr_number");
+            }
+            if text.contains("email") {
+                return super::StoreError::Duplicate("email");
+            }
+            if text.contains("idempotency") {
+                return super::StoreError::Duplicate("idempotency_key");
+            }
+        }
+    }
+    super::StoreError::Database(err)
+}
+
+/// Expands the shared `Store` implementation for one backend. `$store` must have
+/// `reader()`/`writer()` returning `&sqlx::Pool<$db>`, a `DIALECT` constant,
+/// and `run_migrations()`.
+macro_rules! shared_store_impl {
+    ($store:ty, $db:ty, $row:ty, $backend:literal) => {
+        impl $store {
+            fn patient_from_row(row: &$row) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
+                use sqlx::Row;
+                use $crate::store::sql::text_to_list;
+                let fields = $crate::domain::patient::PatientFields {
+                    given_name: row.try_get("given_name")?,
+                    family_name: row.try_get("family_name")?,
+                    gender: row.try_get("gender")?,
+                    unhcr_number: row.try_get("unhcr_number")?,
+                    middle_names: row.try_get("middle_names")?,
+                    date_of_birth: row.try_get("date_of_birth")?,
+                    estimated_birth_year: row.try_get("estimated_birth_year")?,
+                    place_of_birth: row.try_get("place_of_birth")?,
+                    refugee_status: row.try_get("refugee_status")?,
+                    origin_country: row.try_get("origin_country")?,
+                    current_camp: row.try_get("current_camp")?,
+                    camp_section: row.try_get("camp_section")?,
+                    phone_number: row.try_get("phone_number")?,
+                    email: row.try_get("email")?,
+                    primary_language: row.try_get("primary_language")?,
+                    languages_spoken: text_to_list(row.try_get("languages_spoken")?)?,
+                    blood_type: row.try_get("blood_type")?,
+                    allergies: text_to_list(row.try_get("allergies")?)?,
+                    chronic_conditions: text_to_list(row.try_get("chronic_conditions")?)?,
+                    emergency_contact_name: row.try_get("emergency_contact_name")?,
+                    emergency_contact_phone: row.try_get("emergency_contact_phone")?,
+                    verification_status: row.try_get("verification_status")?,
+                };
+                Ok($crate::domain::patient::Patient {
+                    id: row.try_get("id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    fields,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    version: row.try_get("version")?,
+                    deleted_at: row.try_get("deleted_at")?,
+                    import_operation_id: row.try_get("import_operation_id")?,
+                })
+            }
+
+            /// Binds the writable fields as `$3..$24` (after id and org).
+            fn bind_fields<'q>(
+                query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                f: &'q $crate::domain::patient::PatientFields,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                use $crate::store::sql::list_to_text;
+                query
+                    .bind(&f.given_name)
+                    .bind(&f.family_name)
+                    .bind(&f.gender)
+                    .bind(&f.unhcr_number)
+                    .bind(&f.middle_names)
+                    .bind(f.date_of_birth)
+                    .bind(f.estimated_birth_year)
+                    .bind(&f.place_of_birth)
+                    .bind(&f.refugee_status)
+                    .bind(&f.origin_country)
+                    .bind(&f.current_camp)
+                    .bind(&f.camp_section)
+                    .bind(&f.phone_number)
+                    .bind(&f.email)
+                    .bind(&f.primary_language)
+                    .bind(list_to_text(&f.languages_spoken))
+                    .bind(&f.blood_type)
+                    .bind(list_to_text(&f.allergies))
+                    .bind(list_to_text(&f.chronic_conditions))
+                    .bind(&f.emergency_contact_name)
+                    .bind(&f.emergency_contact_phone)
+                    .bind(&f.verification_status)
+            }
+
+            fn user_from_row(row: &$row) -> $crate::store::StoreResult<$crate::store::User> {
+                use sqlx::Row;
+                let role: String = row.try_get("role")?;
+                Ok($crate::store::User {
+                    id: row.try_get("id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    email: row.try_get("email")?,
+                    role: $crate::domain::permission::Role::parse(&role)
+                        .ok_or_else(|| $crate::store::StoreError::Corrupt(format!("unknown role {role}")))?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+
+            fn audit_from_row(row: &$row) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
+                use sqlx::Row;
+                Ok($crate::store::AuditEntry {
+                    id: row.try_get("id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    seq: row.try_get("seq")?,
+                    occurred_at: row.try_get("occurred_at")?,
+                    user_id: row.try_get("user_id")?,
+                    action: row.try_get("action")?,
+                    resource_type: row.try_get("resource_type")?,
+                    resource_id: row.try_get("resource_id")?,
+                    operation_id: row.try_get("operation_id")?,
+                    client_addr: row.try_get("client_addr")?,
+                    outcome: row.try_get("outcome")?,
+                    details: row.try_get("details")?,
+                    prev_hash: row.try_get("prev_hash")?,
+                    hash: row.try_get("hash")?,
+                })
+            }
+
+            /// Appends an audit entry inside the caller's transaction, locking the chain
+            /// head so that concurrent writers of one organization take turns.
+            async fn append_audit_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                new: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
+                use sqlx::Row;
+                let head_sql = format!(
+                    "SELECT seq, hash FROM audit_heads WHERE organization_id = $1{}",
+                    Self::DIALECT.for_update
+                );
+                let head = sqlx::query(&head_sql)
+                    .bind(new.organization_id)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                let (seq, hash): (i64, String) = match head {
+                    Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
+                    None => (0, $crate::audit::GENESIS_HASH.to_string()),
+                };
+                let entry = $crate::audit::chain_next(new, seq, &hash);
+                sqlx::query(
+                    "INSERT INTO audit_events (id, organization_id, seq, occurred_at, user_id, action, \
+                     resource_type, resource_id, operation_id, client_addr, outcome, details, prev_hash, hash) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                )
+                .bind(entry.id)
+                .bind(entry.organization_id)
+                .bind(entry.seq)
+                .bind(entry.occurred_at)
+                .bind(entry.user_id)
+                .bind(&entry.action)
+                .bind(&entry.resource_type)
+                .bind(&entry.resource_id)
+                .bind(entry.operation_id)
+                .bind(&entry.client_addr)
+                .bind(&entry.outcome)
+                .bind(&entry.details)
+                .bind(&entry.prev_hash)
+                .bind(&entry.hash)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO audit_heads (organization_id, seq, hash) VALUES ($1, $2, $3) \
+                     ON CONFLICT (organization_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                )
+                .bind(entry.organization_id)
+                .bind(entry.seq)
+                .bind(&entry.hash)
+                .execute(&mut **tx)
+                .await?;
+                Ok(entry)
+            }
+
+            fn push_filters(
+                qb: &mut sqlx::QueryBuilder<'_, $db>,
+                filters: &$crate::domain::filters::PatientFilters,
+            ) {
+                let eq = |qb: &mut sqlx::QueryBuilder<'_, $db>, col: &str, v: &Option<String>| {
+                    if let Some(v) = v {
+                        qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+                    }
+                };
+                eq(qb, "gender", &filters.gender);
+                eq(qb, "refugee_status", &filters.refugee_status);
+                eq(qb, "origin_country", &filters.origin_country);
+                eq(qb, "current_camp", &filters.current_camp);
+                eq(qb, "camp_section", &filters.camp_section);
+                eq(qb, "verification_status", &filters.verification_status);
+                if let Some(d) = filters.born_after {
+                    qb.push(" AND date_of_birth >= ").push_bind(d);
+                }
+                if let Some(d) = filters.born_before {
+                    qb.push(" AND date_of_birth <= ").push_bind(d);
+                }
+                if let Some(t) = filters.updated_since {
+                    qb.push(" AND updated_at >= ").push_bind(t);
+                }
+                if !filters.unhcr_numbers.is_empty() {
+                    qb.push(" AND unhcr_number IN (");
+                    let mut list = qb.separated(", ");
+                    for n in &filters.unhcr_numbers {
+                        list.push_bind(n.clone());
+                    }
+                    qb.push(")");
+                }
+                if !filters.patient_ids.is_empty() {
+                    qb.push(" AND id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in &filters.patient_ids {
+                        list.push_bind(*id);
+                    }
+                    qb.push(")");
+                }
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn migrate(&self) -> $crate::store::StoreResult<()> {
+                self.run_migrations().await
+            }
+
+            async fn ping(&self) -> $crate::store::StoreResult<()> {
+                sqlx::query("SELECT 1").execute(self.reader()).await?;
+                Ok(())
+            }
+
+            fn backend(&self) -> &'static str {
+                $backend
+            }
+
+            async fn count_organizations(&self) -> $crate::store::StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM organizations")
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(n)
+            }
+
+            async fn create_organization(&self, org: &$crate::store::Organization) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
+                    .bind(org.id)
+                    .bind(&org.name)
+                    .bind(org.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("INSERT INTO audit_heads (organization_id, seq, hash) VALUES ($1, 0, $2)")
+                    .bind(org.id)
+                    .bind($crate::audit::GENESIS_HASH)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_organization(&self, id: uuid::Uuid) -> $crate::store::StoreResult<Option<$crate::store::Organization>> {
+                let row: Option<(uuid::Uuid, String, chrono::DateTime<chrono::Utc>)> =
+                    sqlx::query_as("SELECT id, name, created_at FROM organizations WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(self.reader())
+                        .await?;
+                Ok(row.map(|(id, name, created_at)| $crate::store::Organization { id, name, created_at }))
+            }
+
+            async fn list_organization_ids(&self) -> $crate::store::StoreResult<Vec<uuid::Uuid>> {
+                let rows: Vec<(uuid::Uuid,)> = sqlx::query_as("SELECT id FROM organizations ORDER BY id")
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(rows.into_iter().map(|(id,)| id).collect())
+            }
+
+            async fn create_user(&self, user: &$crate::store::User, password_hash: &str) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO users (id, organization_id, email, password_hash, role, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(user.id)
+                .bind(user.organization_id)
+                .bind(&user.email)
+                .bind(password_hash)
+                .bind(user.role.as_str())
+                .bind(user.created_at)
+                .execute(self.writer())
+                .await
+                .map_err($crate::store::sql::classify)?;
+                Ok(())
+            }
+
+            async fn find_user_by_email(&self, email: &str) -> $crate::store::StoreResult<Option<$crate::store::UserCredentials>> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT id, organization_id, email, role, created_at, password_hash FROM users WHERE email = $1",
+                )
+                .bind(email)
+                .fetch_optional(self.reader())
+                .await?;
+                match row {
+                    None => Ok(None),
+                    Some(row) => Ok(Some($crate::store::UserCredentials {
+                        user: Self::user_from_row(&row)?,
+                        password_hash: row.try_get("password_hash")?,
+                    })),
+                }
+            }
+
+            async fn insert_token(&self, token: &$crate::store::TokenRecord) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO tokens (token_hash, user_id, organization_id, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&token.token_hash)
+                .bind(token.user_id)
+                .bind(token.organization_id)
+                .bind(token.created_at)
+                .bind(token.expires_at)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn find_active_token(
+                &self,
+                token_hash: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::User>> {
+                let row = sqlx::query(
+                    "SELECT u.id, u.organization_id, u.email, u.role, u.created_at FROM tokens t \
+                     JOIN users u ON u.id = t.user_id AND u.organization_id = t.organization_id \
+                     WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2",
+                )
+                .bind(token_hash)
+                .bind(now)
+                .fetch_optional(self.reader())
+                .await?;
+                row.as_ref().map(Self::user_from_row).transpose()
+            }
+
+            async fn revoke_token(&self, token_hash: &str, now: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL")
+                    .bind(token_hash)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn record_login_failure(&self, keys: &[String], at: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                for key in keys {
+                    sqlx::query("INSERT INTO login_failures (throttle_key, failed_at) VALUES ($1, $2)")
+                        .bind(key)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn login_failures_since(
+                &self,
+                key: &str,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
+                let row: (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+                    "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE throttle_key = $1 AND failed_at > $2",
+                )
+                .bind(key)
+                .bind(since)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(row)
+            }
+
+            async fn clear_login_failures(&self, key: &str) -> $crate::store::StoreResult<()> {
+                sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
+                    .bind(key)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn insert_patient(
+                &self,
+                patient: &$crate::domain::patient::Patient,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                let sql = format!(
+                    "INSERT INTO patients ({}) VALUES ({})",
+                    $crate::store::sql::PATIENT_COLUMNS,
+                    $crate::store::sql::PATIENT_PLACEHOLDERS
+                );
+                let query = sqlx::query(&sql).bind(patient.id).bind(patient.organization_id);
+                Self::bind_fields(query, &patient.fields)
+                    .bind(patient.created_at)
+                    .bind(patient.updated_at)
+                    .bind(patient.version)
+                    .bind(patient.deleted_at)
+                    .bind(patient.import_operation_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                Self::append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_patient(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::patient::Patient>> {
+                let sql = format!(
+                    "SELECT {} FROM patients WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+                    $crate::store::sql::PATIENT_COLUMNS
+                );
+                let row = sqlx::query(&sql).bind(id).bind(org).fetch_optional(self.reader()).await?;
+                row.as_ref().map(Self::patient_from_row).transpose()
+            }
+
+            async fn list_patients(
+                &self,
+                org: uuid::Uuid,
+                filters: &$crate::domain::filters::PatientFilters,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::patient::Patient>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM patients WHERE deleted_at IS NULL AND organization_id = ",
+                    $crate::store::sql::PATIENT_COLUMNS
+                ));
+                qb.push_bind(org);
+                Self::push_filters(&mut qb, filters);
+                if let Some(after) = page.after {
+                    qb.push(" AND id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(page.limit);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(Self::patient_from_row).collect()
+            }
+
+            async fn update_patient(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+                expected_version: i64,
+                fields: &$crate::domain::patient::PatientFields,
+                now: chrono::DateTime<chrono::Utc>,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
+                let mut tx = self.writer().begin().await?;
+                let sql = format!(
+                    "UPDATE patients SET {}, version = version + 1, updated_at = $25 \
+                     WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL AND version = $26 \
+                     RETURNING {}",
+                    $crate::store::sql::PATIENT_UPDATE_SET,
+                    $crate::store::sql::PATIENT_COLUMNS
+                );
+                let query = sqlx::query(&sql).bind(id).bind(org);
+                let row = Self::bind_fields(query, fields)
+                    .bind(now)
+                    .bind(expected_version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                let Some(row) = row else {
+                    // Tell a stale version apart from a patient that is not there.
+                    let exists: Option<(i64,)> = sqlx::query_as(
+                        "SELECT version FROM patients WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+                    )
+                    .bind(id)
+                    .bind(org)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    return Err(match exists {
+                        Some(_) => $crate::store::StoreError::VersionConflict,
+                        None => $crate::store::StoreError::NotFound,
+                    });
+                };
+                let patient = Self::patient_from_row(&row)?;
+                Self::append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(patient)
+            }
+
+            async fn soft_delete_patient(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                let done = sqlx::query(
+                    "UPDATE patients SET deleted_at = $3, updated_at = $3, version = version + 1 \
+                     WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
+                )
+                .bind(id)
+                .bind(org)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound);
+                }
+                Self::append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn unhcr_number_taken(
+                &self,
+                org: uuid::Uuid,
+                unhcr_number: &str,
+                except: Option<uuid::Uuid>,
+            ) -> $crate::store::StoreResult<bool> {
+                let row: Option<(uuid::Uuid,)> = sqlx::query_as(
+                    "SELECT id FROM patients WHERE organization_id = $1 AND unhcr_number = $2 \
+                     AND deleted_at IS NULL LIMIT 1",
+                )
+                .bind(org)
+                .bind(unhcr_number)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(matches!(row, Some((id,)) if Some(id) != except))
+            }
+
+            async fn append_audit(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
+                let mut tx = self.writer().begin().await?;
+                let entry = Self::append_audit_tx(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(entry)
+            }
+
+            async fn audit_entries(
+                &self,
+                org: uuid::Uuid,
+                after_seq: i64,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::AuditEntry>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM audit_events WHERE organization_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(org)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                rows.iter().map(Self::audit_from_row).collect()
+            }
+
+            async fn list_audit(
+                &self,
+                org: uuid::Uuid,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::AuditEntry>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT * FROM audit_events WHERE organization_id = ");
+                qb.push_bind(org);
+                if let Some(after) = page.after {
+                    qb.push(" AND id < ").push_bind(after);
+                }
+                qb.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(Self::audit_from_row).collect()
+            }
+
+            async fn audit_head(&self, org: uuid::Uuid) -> $crate::store::StoreResult<Option<$crate::store::AuditHead>> {
+                let row: Option<(i64, String)> =
+                    sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE organization_id = $1")
+                        .bind(org)
+                        .fetch_optional(self.reader())
+                        .await?;
+                Ok(row.map(|(seq, hash)| $crate::store::AuditHead { seq, hash }))
+            }
+        }
+    };
+}

@@ -1,0 +1,59 @@
+//! The embedded SQLite backend (the default). WAL mode lets readers run beside the
+//! writer; all writes go through a pool of one connection, so writers queue in the
+//! process instead of failing with `SQLITE_BUSY` on lock upgrades.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
+
+use super::sql::Dialect;
+use super::StoreResult;
+
+/// SQLite store: one writer connection, several readers.
+#[derive(Clone)]
+pub struct SqliteStore {
+    read: SqlitePool,
+    write: SqlitePool,
+}
+
+impl SqliteStore {
+    const DIALECT: Dialect = Dialect { for_update: "" };
+
+    /// Opens (creating when missing) the database file named by `sqlite://PATH`.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(30));
+        let write = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let read = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { read, write })
+    }
+
+    fn reader(&self) -> &SqlitePool {
+        &self.read
+    }
+
+    fn writer(&self) -> &SqlitePool {
+        &self.write
+    }
+
+    async fn run_migrations(&self) -> StoreResult<()> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.write)
+            .await?;
+        Ok(())
+    }
+}
+
+shared_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite");
