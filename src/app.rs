@@ -14,6 +14,7 @@ use uuid::Uuid;
 use crate::auth;
 use crate::cli::{AdminCommand, AuditCommand, Cli, Command};
 use crate::config::Config;
+use crate::crypto::{Keyring, MasterKey};
 use crate::domain::permission::Role;
 use crate::domain::{new_id, now};
 use crate::http::{router, AppState};
@@ -56,6 +57,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let store = open_store(&config).await?;
+            load_keyring(&config)?;
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -73,6 +75,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker => {
             let _store = open_store(&config).await?;
+            load_keyring(&config)?;
             tracing::info!("worker started; waiting for operations");
             shutdown_signal().await;
             Ok(ExitCode::SUCCESS)
@@ -148,6 +151,23 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Opens the configured database (creating the data dir) and migrates unless told not to.
+/// The master key: `HAVEN_MASTER_KEY` when set, else the key file (generated with
+/// mode 0600 on first start).
+pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    let key = match &config.master_key {
+        Some(b64) => {
+            MasterKey::from_base64(b64).context("HAVEN_MASTER_KEY must be base64 of 32 bytes")?
+        }
+        None => MasterKey::load_or_create(&config.master_key_path()).with_context(|| {
+            format!(
+                "reading the master key {}",
+                config.master_key_path().display()
+            )
+        })?,
+    };
+    Ok(Keyring::new(key))
+}
+
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = open_store_without_migrating(config).await?;
     if !config.no_migrate {

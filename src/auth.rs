@@ -112,7 +112,7 @@ pub fn check_password_policy(password: &str) -> Result<(), String> {
     }
     let lowered = password.to_lowercase();
     if COMMON_PASSWORDS.contains(&lowered.as_str())
-        || lowered.chars().all(|c| Some(c) == lowered.chars().next())
+        || lowered.chars().all(|c| lowered.starts_with(c))
     {
         return Err("the password is too common; choose another".to_string());
     }

@@ -1,0 +1,308 @@
+//! Test harness: spawns Haven on port 0 against a fresh SQLite file or a fresh
+//! PostgreSQL database, and offers typed helpers. Every database-backed test runs on
+//! both backends through `dual_test!`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::Parser;
+use haven::config::Config;
+use haven::domain::permission::Role;
+use haven::store::Store;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Where the PostgreSQL tests create their databases. Required, never skipped: without
+/// a reachable server the PostgreSQL half of the suite fails.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HAVEN_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of its own for one test; PostgreSQL ones are dropped afterwards.
+pub struct TestDb {
+    pub url: String,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn create(backend: Backend, dir: &std::path::Path) -> TestDb {
+        match backend {
+            Backend::Sqlite => TestDb {
+                url: format!("sqlite://{}", dir.join("haven.db").display()),
+                pg_name: None,
+            },
+            Backend::Postgres => {
+                let name = format!("haven_test_{}", Uuid::new_v4().simple());
+                let admin = postgres_admin_url();
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+                    .await
+                    .expect("PostgreSQL must be reachable for the PostgreSQL tests (HAVEN_TEST_POSTGRES_URL)");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop runs outside async; a short-lived thread with its own runtime does it.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut conn =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&postgres_admin_url())
+                        .await?;
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn)
+                    .await?;
+                Ok::<_, sqlx::Error>(())
+            })
+            .map_err(std::io::Error::other)
+        })
+        .join();
+    }
+}
+
+/// A running Haven for one test.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub store: Arc<dyn Store>,
+    pub config: Arc<Config>,
+    pub client: reqwest::Client,
+    pub backend: Backend,
+    pub db: TestDb,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A config as the command line would build it, with extra flags.
+pub fn config_with(dir: &std::path::Path, db_url: &str, extra: &[&str]) -> Config {
+    let mut args = vec![
+        "haven".to_string(),
+        "--data-dir".to_string(),
+        dir.display().to_string(),
+        "--database-url".to_string(),
+        db_url.to_string(),
+        "--master-key".to_string(),
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    haven::cli::Cli::try_parse_from(args)
+        .expect("test flags parse")
+        .config
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> TestApp {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    pub async fn spawn_with(backend: Backend, extra_flags: &[&str]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = TestDb::create(backend, dir.path()).await;
+        let config = Arc::new(config_with(dir.path(), &db.url, extra_flags));
+        let store = haven::app::open_store(&config).await.expect("open store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server_store = store.clone();
+        let server_config = config.clone();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = rx.await;
+            };
+            if let Err(e) = haven::app::serve(server_store, server_config, listener, shutdown).await
+            {
+                eprintln!("test server stopped: {e:#}");
+            }
+        });
+        TestApp {
+            addr,
+            base: format!("http://{addr}"),
+            store,
+            config,
+            client: reqwest::Client::new(),
+            backend,
+            db,
+            dir,
+            shutdown: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn create_org(&self, name: &str) -> Uuid {
+        haven::app::create_organization(self.store.as_ref(), name)
+            .await
+            .expect("create org")
+            .id
+    }
+
+    /// Creates a user with a role and logs in; returns the bearer token.
+    pub async fn user_token(&self, org: Uuid, role: Role) -> String {
+        let email = format!("{}-{}@example.org", role.as_str(), Uuid::new_v4().simple());
+        let password = "correct-horse-battery-staple";
+        haven::app::create_user(self.store.as_ref(), org, &email, role, password)
+            .await
+            .expect("create user");
+        let response = self.login(&email, password).await;
+        assert_eq!(response.status(), 200, "login of a fresh user");
+        let body: Value = response.json().await.expect("login json");
+        body["token"].as_str().expect("token").to_string()
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v2/auth/login"))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await
+            .expect("login request")
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post_json(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn put_json(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT")
+    }
+
+    pub async fn delete(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("DELETE")
+    }
+
+    /// Creates a patient through the API and returns its JSON.
+    pub async fn create_patient(&self, token: &str, body: Value) -> Value {
+        let response = self.post_json(token, "/api/v2/patients", &body).await;
+        assert_eq!(response.status(), 201, "create patient");
+        response.json().await.expect("patient json")
+    }
+
+    /// Runs a SQL statement directly against the test database (for tampering tests).
+    pub async fn raw_sql(&self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn =
+                    <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.db.url).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+            Backend::Postgres => {
+                let mut conn =
+                    <sqlx::PgConnection as sqlx::Connection>::connect(&self.db.url).await?;
+                Ok(sqlx::query(sql).execute(&mut conn).await?.rows_affected())
+            }
+        }
+    }
+
+    /// Counts rows with a SQL query returning one integer.
+    pub async fn count(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&self.db.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count")
+            }
+            Backend::Postgres => {
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&self.db.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count")
+            }
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The path of the built `haven` binary.
+pub fn haven_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_haven")
+}
+
+/// Defines one test per backend: `dual_test!(name, |app| async move { ... })`.
+#[macro_export]
+macro_rules! dual_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let app = common::TestApp::spawn(common::Backend::Sqlite).await;
+                ($body)(app).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let app = common::TestApp::spawn(common::Backend::Postgres).await;
+                ($body)(app).await;
+            }
+        }
+    };
+}
