@@ -4,10 +4,12 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;
+pub mod engine;
 pub mod formats;
 pub mod http;
 pub mod store;

@@ -2,6 +2,7 @@
 
 pub mod codes;
 pub mod filters;
+pub mod operation;
 pub mod patient;
 pub mod permission;
 

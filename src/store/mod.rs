@@ -4,6 +4,9 @@
 
 #[macro_use]
 mod sql;
+#[macro_use]
+mod ops_sql;
+pub mod ops;
 mod postgres;
 mod sqlite;
 
@@ -124,7 +127,7 @@ pub struct Page {
 
 /// The storage interface. Implementations: [`SqliteStore`], [`PgStore`].
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: ops::OpsStore + Send + Sync {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> StoreResult<()>;
     /// Checks that the database answers (readiness).

@@ -19,6 +19,7 @@ pub struct PgStore {
 impl PgStore {
     const DIALECT: Dialect = Dialect {
         for_update: " FOR UPDATE",
+        claim_lock: "SELECT pg_advisory_xact_lock(7171)",
     };
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -48,3 +49,4 @@ impl PgStore {
 }
 
 shared_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow, "postgres");
+ops_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);

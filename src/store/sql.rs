@@ -12,6 +12,9 @@ pub struct Dialect {
     /// Appended to a SELECT that must lock the rows it reads (empty on SQLite, where
     /// the single writer connection already serializes writers).
     pub for_update: &'static str,
+    /// A statement that serializes claims across processes (empty on SQLite, where
+    /// the one writer connection already does).
+    pub claim_lock: &'static str,
 }
 
 /// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.

@@ -19,7 +19,10 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    const DIALECT: Dialect = Dialect { for_update: "" };
+    const DIALECT: Dialect = Dialect {
+        for_update: "",
+        claim_lock: "",
+    };
 
     /// Opens (creating when missing) the database file named by `sqlite://PATH`.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -57,3 +60,4 @@ impl SqliteStore {
 }
 
 shared_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite");
+ops_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);

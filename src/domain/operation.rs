@@ -1,0 +1,217 @@
+//! Bulk operations (SPEC 4): their kinds, statuses and the parameters each kind runs with.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::filters::PatientFilters;
+use super::patient::DateFormat;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationType {
+    Import,
+    Export,
+    Update,
+    Delete,
+    Rollback,
+}
+
+impl OperationType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperationType::Import => "import",
+            OperationType::Export => "export",
+            OperationType::Update => "update",
+            OperationType::Delete => "delete",
+            OperationType::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(text.to_string())).ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Scheduled,
+    Processing,
+    Completed,
+    Failed,
+    Cancelled,
+    RolledBack,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Scheduled => "scheduled",
+            Status::Processing => "processing",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+            Status::RolledBack => "rolled_back",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(text.to_string())).ok()
+    }
+
+    /// Whether the operation has ended (nothing more will run).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Status::Scheduled | Status::Processing)
+    }
+}
+
+/// An operation as stored, parameters still sealed.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub id: Uuid,
+    pub op_type: OperationType,
+    pub status: Status,
+    pub user_id: Uuid,
+    pub organization_id: Uuid,
+    pub scheduled_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub parameters: Vec<u8>,
+    pub parameters_key_id: String,
+    pub result: Option<Value>,
+    pub error_message: Option<String>,
+    pub timezone: String,
+    pub email_notification: bool,
+    pub dry_run: bool,
+    pub schedule_id: Option<Uuid>,
+    pub target_operation_id: Option<Uuid>,
+    pub idempotency_key: Option<String>,
+    pub attempt: i64,
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub cancel_requested: bool,
+    pub progress_processed: i64,
+    pub progress_total: Option<i64>,
+    pub progress_cursor: Option<String>,
+    pub depends_on: Vec<Uuid>,
+}
+
+impl Operation {
+    /// The operation as the API shows it (SPEC 4.4). Holds no patient data.
+    pub fn to_json(&self) -> Value {
+        let ts = |t: &Option<DateTime<Utc>>| t.as_ref().map(super::rfc3339);
+        let percent = match self.progress_total {
+            Some(total) if total > 0 => {
+                ((self.progress_processed as f64 / total as f64) * 1000.0).round() / 10.0
+            }
+            Some(_) if self.status == Status::Completed => 100.0,
+            _ if self.status == Status::Completed => 100.0,
+            _ => 0.0,
+        };
+        serde_json::json!({
+            "id": self.id,
+            "operation_id": self.id,
+            "type": self.op_type.as_str(),
+            "status": self.status.as_str(),
+            "user_id": self.user_id,
+            "organization_id": self.organization_id,
+            "created_at": super::rfc3339(&self.created_at),
+            "scheduled_at": super::rfc3339(&self.scheduled_at),
+            "started_at": ts(&self.started_at),
+            "completed_at": ts(&self.completed_at),
+            "timezone": self.timezone,
+            "email_notification": self.email_notification,
+            "depends_on": self.depends_on,
+            "schedule_id": self.schedule_id,
+            "dry_run": self.dry_run,
+            "cancel_requested": self.cancel_requested,
+            "attempt": self.attempt,
+            "progress": {
+                "processed": self.progress_processed,
+                "total": self.progress_total,
+                "percent": percent,
+            },
+            "result": self.result.clone().unwrap_or(Value::Object(Map::new())),
+            "error_message": self.error_message,
+        })
+    }
+}
+
+/// How an import treats a row whose UNHCR number exists already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportMode {
+    #[default]
+    Create,
+    Upsert,
+    SkipExisting,
+}
+
+/// What an import does with invalid rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Skip,
+    Abort,
+}
+
+/// Which patients an update or delete applies to: exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Targets {
+    PatientIds(Vec<Uuid>),
+    Filters(PatientFilters),
+}
+
+impl Targets {
+    /// The targets as filters (ids become an id filter).
+    pub fn as_filters(&self) -> PatientFilters {
+        match self {
+            Targets::PatientIds(ids) => PatientFilters {
+                patient_ids: ids.clone(),
+                ..Default::default()
+            },
+            Targets::Filters(f) => f.clone(),
+        }
+    }
+}
+
+/// Everything an operation needs to run; stored sealed in `parameters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Parameters {
+    Import {
+        /// Name of the encrypted upload in the blob store.
+        blob: String,
+        file_name: String,
+        field_mapping: Option<BTreeMap<String, String>>,
+        mode: ImportMode,
+        on_error: OnError,
+        date_format: DateFormat,
+    },
+    Export {
+        format: crate::formats::export::ExportFormat,
+        fields: Vec<String>,
+        filters: PatientFilters,
+        include_deleted: bool,
+    },
+    Update {
+        targets: Targets,
+        /// Validated changes: field → new value (`null` clears).
+        changes: Map<String, Value>,
+        create_backup: bool,
+    },
+    Delete {
+        targets: Targets,
+    },
+    Rollback {
+        target_operation_id: Uuid,
+        force: bool,
+    },
+}

@@ -1,0 +1,557 @@
+//! The bulk engine (SPEC 4.5): claims due operations from the database with a lease,
+//! runs them chunk by chunk, and records how they ended.
+//!
+//! Everything that must survive a crash is in the database: the claim (`attempt`,
+//! lease), the progress cursor (committed with each chunk), the before-images. A worker
+//! holds nothing that another worker could not rebuild after taking over.
+
+mod export;
+mod import;
+mod modify;
+pub mod undo;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::blobs::BlobStore;
+use crate::crypto::Keyring;
+use crate::domain::now;
+use crate::domain::operation::{Operation, OperationType, Parameters, Status};
+use crate::store::ops::{Chunk, ChunkOutcome, Finish};
+use crate::store::{NewAuditEntry, Store, StoreError};
+
+/// Engine limits and retention, from the command line.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub workers: usize,
+    pub max_per_org: i64,
+    pub lease: Duration,
+    pub max_attempts: i64,
+    pub export_retention: Duration,
+    pub import_rollback_window: Duration,
+    pub backup_retention: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+impl EngineSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        EngineSettings {
+            workers: config.worker_count(),
+            max_per_org: config.max_per_org,
+            lease: config.lease_duration,
+            max_attempts: config.max_attempts,
+            export_retention: config.export_retention,
+            import_rollback_window: config.import_rollback_window,
+            backup_retention: config.backup_retention,
+            shutdown_timeout: config.shutdown_timeout,
+        }
+    }
+}
+
+/// Whether `run_once` found work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    Operation(Uuid),
+    Empty,
+}
+
+/// The engine of one process. Cheap to share behind an `Arc`.
+pub struct Engine {
+    pub store: Arc<dyn Store>,
+    pub keyring: Keyring,
+    pub blobs: BlobStore,
+    pub settings: EngineSettings,
+    wake: Arc<Notify>,
+    worker_id: String,
+}
+
+/// Why a run stopped early.
+#[derive(Debug)]
+pub enum RunError {
+    /// Another worker took the operation over; this one writes nothing more.
+    LeaseLost,
+    /// Worth retrying later (database unreachable, disk full...).
+    Transient(anyhow::Error),
+    /// Will not get better by retrying; the message is shown to the user.
+    Failed {
+        message: String,
+        result: Option<Value>,
+    },
+}
+
+impl From<StoreError> for RunError {
+    fn from(err: StoreError) -> Self {
+        match &err {
+            StoreError::Database(e) if is_transient(e) => RunError::Transient(err.into()),
+            StoreError::Corrupt(_) => RunError::Failed {
+                message: "stored data could not be read".into(),
+                result: None,
+            },
+            _ => RunError::Transient(err.into()),
+        }
+    }
+}
+
+impl From<std::io::Error> for RunError {
+    fn from(err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::InvalidData {
+            RunError::Failed {
+                message: "a stored file is damaged or was encrypted with another key".into(),
+                result: None,
+            }
+        } else {
+            RunError::Transient(err.into())
+        }
+    }
+}
+
+fn is_transient(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    ) || err.to_string().contains("locked")
+}
+
+/// How a run ended when it did not stop early.
+#[derive(Debug)]
+pub enum Outcome {
+    Completed {
+        result: Value,
+        output: Option<(String, DateTime<Utc>)>,
+    },
+    Cancelled {
+        result: Value,
+    },
+    Failed {
+        result: Value,
+        message: String,
+    },
+}
+
+/// One attempt at one operation: the claim it runs under and helpers for its chunks.
+pub struct Run<'a> {
+    pub engine: &'a Engine,
+    pub op: Operation,
+    lease_lost: Arc<AtomicBool>,
+}
+
+impl Run<'_> {
+    /// Commits a chunk under the lease; `Ok(true)` when a cancel was requested.
+    pub async fn commit(&self, chunk: Chunk) -> Result<bool, RunError> {
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(RunError::LeaseLost);
+        }
+        match self.engine.store.commit_chunk(&self.op, chunk).await? {
+            ChunkOutcome::Committed { cancel_requested } => Ok(cancel_requested),
+            ChunkOutcome::LeaseLost => Err(RunError::LeaseLost),
+            ChunkOutcome::Conflict(_) => Err(RunError::Transient(anyhow::anyhow!(
+                "a patient changed while the chunk was prepared"
+            ))),
+        }
+    }
+
+    /// Like `commit`, but reports a version conflict instead of failing on it.
+    pub async fn try_commit(&self, chunk: Chunk) -> Result<ChunkOutcome, RunError> {
+        if self.lease_lost.load(Ordering::SeqCst) {
+            return Err(RunError::LeaseLost);
+        }
+        match self.engine.store.commit_chunk(&self.op, chunk).await? {
+            ChunkOutcome::LeaseLost => Err(RunError::LeaseLost),
+            other => Ok(other),
+        }
+    }
+
+    /// The saved progress state of a resumed attempt, if any.
+    pub fn cursor<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        self.op
+            .progress_cursor
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default()
+    }
+
+    /// Milliseconds since the operation first started.
+    pub fn elapsed_ms(&self) -> i64 {
+        let started = self.op.started_at.unwrap_or_else(now);
+        (now() - started).num_milliseconds().max(0)
+    }
+
+    /// Seals a before-image bound to this operation and patient.
+    pub fn seal_backup(&self, operation_id: Uuid, patient_id: Uuid, image: &Value) -> Vec<u8> {
+        self.engine.keyring.seal(
+            image.to_string().as_bytes(),
+            &backup_aad(operation_id, patient_id),
+        )
+    }
+}
+
+/// The associated data of a before-image: its operation and patient.
+pub fn backup_aad(operation_id: Uuid, patient_id: Uuid) -> Vec<u8> {
+    format!("haven-backup:{operation_id}:{patient_id}").into_bytes()
+}
+
+/// The associated data of an operation's sealed parameters.
+pub fn parameters_aad(operation_id: Uuid) -> Vec<u8> {
+    format!("haven-parameters:{operation_id}").into_bytes()
+}
+
+/// An audit entry written by the engine about an operation.
+pub fn operation_audit(
+    op: &Operation,
+    action: &str,
+    outcome: &str,
+    details: Value,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        organization_id: op.organization_id,
+        user_id: Some(op.user_id),
+        action: action.to_string(),
+        resource_type: "bulk_operation".to_string(),
+        resource_id: Some(op.id.to_string()),
+        operation_id: Some(op.id),
+        client_addr: None,
+        outcome: outcome.to_string(),
+        details: details.to_string(),
+    }
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Keyring,
+        blobs: BlobStore,
+        settings: EngineSettings,
+    ) -> Self {
+        Engine {
+            store,
+            keyring,
+            blobs,
+            settings,
+            wake: Arc::new(Notify::new()),
+            worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Wakes the scheduler early (a new operation was scheduled or cancelled).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Claims one due operation and runs it to the end of this attempt.
+    pub async fn run_once(&self) -> anyhow::Result<Ran> {
+        self.sweep_dependents().await?;
+        let at = now();
+        let lease_until = at + chrono::Duration::from_std(self.settings.lease)?;
+        match self
+            .store
+            .claim_next(&self.worker_id, at, lease_until, self.settings.max_per_org)
+            .await?
+        {
+            None => Ok(Ran::Empty),
+            Some(op) => {
+                let id = op.id;
+                self.execute(op).await;
+                Ok(Ran::Operation(id))
+            }
+        }
+    }
+
+    async fn sweep_dependents(&self) -> anyhow::Result<()> {
+        for op in self.store.cancel_orphaned_dependents(now()).await? {
+            let message = op.error_message.clone().unwrap_or_default();
+            self.store
+                .audit_operation(operation_audit(
+                    &op,
+                    "operation.cancel",
+                    "success",
+                    json!({"reason": message}),
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The scheduler and worker loop: up to `workers` operations at once, sleeping
+    /// until the next due time (or a wake-up) when there is nothing to claim.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        if self.settings.workers == 0 {
+            return;
+        }
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.workers));
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while running.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => break,
+            };
+            let claimed = self.claim().await;
+            match claimed {
+                Ok(Some(op)) => {
+                    let engine = self.clone();
+                    running.spawn(async move {
+                        engine.execute(op).await;
+                        drop(permit);
+                        engine.wake();
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    let wait = self.idle_wait().await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.wake.notified() => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "claiming an operation failed; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        // Give running chunks time to commit; their leases expire for a takeover otherwise.
+        let _ = tokio::time::timeout(self.settings.shutdown_timeout, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    async fn claim(&self) -> anyhow::Result<Option<Operation>> {
+        self.sweep_dependents().await?;
+        let at = now();
+        let lease_until = at + chrono::Duration::from_std(self.settings.lease)?;
+        Ok(self
+            .store
+            .claim_next(&self.worker_id, at, lease_until, self.settings.max_per_org)
+            .await?)
+    }
+
+    /// How long to sleep: until the next due time, at most 1 s (operations scheduled
+    /// by other processes are seen by polling), at least 50 ms when something is due
+    /// but blocked (by a dependency or the per-organization limit).
+    async fn idle_wait(&self) -> Duration {
+        const POLL: Duration = Duration::from_secs(1);
+        match self.store.next_due_at().await {
+            Ok(Some(due)) => {
+                let until = (due - now()).to_std().unwrap_or(Duration::ZERO);
+                until.clamp(Duration::from_millis(50), POLL)
+            }
+            _ => POLL,
+        }
+    }
+
+    /// Runs one claimed attempt and records its end.
+    async fn execute(&self, op: Operation) {
+        let lease_lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = self.spawn_heartbeat(&op, lease_lost.clone());
+        let _ = self
+            .store
+            .audit_operation(operation_audit(
+                &op,
+                "operation.start",
+                "success",
+                json!({"attempt": op.attempt}),
+            ))
+            .await;
+        let run = Run {
+            engine: self,
+            op: op.clone(),
+            lease_lost,
+        };
+        let outcome = if op.attempt > self.settings.max_attempts {
+            Err(RunError::Failed {
+                message: format!("gave up after {} attempts", self.settings.max_attempts),
+                result: None,
+            })
+        } else {
+            self.dispatch(&run).await
+        };
+        heartbeat.abort();
+        if let Err(e) = self.record_end(&op, outcome).await {
+            tracing::error!(operation_id = %op.id, error = format!("{e:#}"), "recording the end of an operation failed");
+        }
+    }
+
+    fn spawn_heartbeat(
+        &self,
+        op: &Operation,
+        lost: Arc<AtomicBool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let store = self.store.clone();
+        let (id, attempt, lease) = (op.id, op.attempt, self.settings.lease);
+        tokio::spawn(async move {
+            let every = lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                let until = now()
+                    + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+                match store.heartbeat(id, attempt, until).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(operation_id = %id, error = %e, "heartbeat failed"),
+                }
+            }
+        })
+    }
+
+    async fn dispatch(&self, run: &Run<'_>) -> Result<Outcome, RunError> {
+        let op = &run.op;
+        let sealed = self
+            .keyring
+            .open(&op.parameters, &parameters_aad(op.id))
+            .map_err(|_| RunError::Failed {
+                message:
+                    "the operation's parameters cannot be decrypted with the configured master key"
+                        .into(),
+                result: None,
+            })?;
+        let params: Parameters = serde_json::from_slice(&sealed).map_err(|_| RunError::Failed {
+            message: "the operation's parameters are unreadable".into(),
+            result: None,
+        })?;
+        match (op.op_type, params) {
+            (OperationType::Import, p @ Parameters::Import { .. }) => import::run(run, p).await,
+            (OperationType::Export, p @ Parameters::Export { .. }) => export::run(run, p).await,
+            (OperationType::Update, p @ Parameters::Update { .. }) => modify::run(run, p).await,
+            (OperationType::Delete, p @ Parameters::Delete { .. }) => modify::run(run, p).await,
+            (
+                OperationType::Rollback,
+                Parameters::Rollback {
+                    target_operation_id,
+                    force,
+                },
+            ) => undo::run_rollback(run, target_operation_id, force).await,
+            _ => Err(RunError::Failed {
+                message: "the operation's parameters do not match its type".into(),
+                result: None,
+            }),
+        }
+    }
+
+    async fn record_end(
+        &self,
+        op: &Operation,
+        outcome: Result<Outcome, RunError>,
+    ) -> anyhow::Result<()> {
+        let at = now();
+        let base = Finish {
+            operation_id: op.id,
+            attempt: op.attempt,
+            status: Status::Failed,
+            result: None,
+            error_message: None,
+            output_blob: None,
+            output_expires_at: None,
+            retry_at: None,
+            completed_at: at,
+            audit: None,
+        };
+        let finish = match outcome {
+            Ok(Outcome::Completed { result, output }) => Finish {
+                status: Status::Completed,
+                audit: Some(operation_audit(
+                    op,
+                    "operation.complete",
+                    "success",
+                    json!({}),
+                )),
+                result: Some(result),
+                output_blob: output.as_ref().map(|(b, _)| b.clone()),
+                output_expires_at: output.map(|(_, e)| e),
+                ..base
+            },
+            Ok(Outcome::Cancelled { result }) => Finish {
+                status: Status::Cancelled,
+                audit: Some(operation_audit(
+                    op,
+                    "operation.cancel",
+                    "success",
+                    json!({"while": "running"}),
+                )),
+                result: Some(result),
+                error_message: Some(
+                    "cancelled while running; its partial changes were undone".into(),
+                ),
+                ..base
+            },
+            Ok(Outcome::Failed { result, message }) => Finish {
+                audit: Some(operation_audit(
+                    op,
+                    "operation.fail",
+                    "failure",
+                    json!({"reason": message}),
+                )),
+                result: Some(result),
+                error_message: Some(message),
+                ..base
+            },
+            Err(RunError::LeaseLost) => {
+                tracing::warn!(operation_id = %op.id, "lease lost; another worker continues");
+                return Ok(());
+            }
+            Err(RunError::Failed { message, result }) => Finish {
+                audit: Some(operation_audit(
+                    op,
+                    "operation.fail",
+                    "failure",
+                    json!({"reason": message}),
+                )),
+                result,
+                error_message: Some(message),
+                ..base
+            },
+            Err(RunError::Transient(e)) => {
+                tracing::warn!(operation_id = %op.id, attempt = op.attempt, error = format!("{e:#}"), "transient failure");
+                if op.attempt < self.settings.max_attempts {
+                    let backoff = Duration::from_secs(1 << (op.attempt - 1).clamp(0, 8) as u32);
+                    Finish {
+                        status: Status::Scheduled,
+                        retry_at: Some(at + chrono::Duration::from_std(backoff)?),
+                        error_message: Some(format!(
+                            "attempt {} failed temporarily; retrying",
+                            op.attempt
+                        )),
+                        ..base
+                    }
+                } else {
+                    let message = format!(
+                        "failed after {} attempts: the database or the file store was unavailable",
+                        op.attempt
+                    );
+                    Finish {
+                        audit: Some(operation_audit(
+                            op,
+                            "operation.fail",
+                            "failure",
+                            json!({"reason": message}),
+                        )),
+                        error_message: Some(message),
+                        ..base
+                    }
+                }
+            }
+        };
+        self.store.finish_operation(finish).await?;
+        Ok(())
+    }
+}

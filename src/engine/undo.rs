@@ -1,0 +1,228 @@
+//! Undoing an operation's changes from the data it left: the patients an import created
+//! (tagged with its id) are removed, and every before-image is written back. Used when a
+//! running operation is cancelled or aborted, and by rollback operations (SPEC 4.6).
+//!
+//! The undo commits in chunks under the running operation's lease, with its own cursor
+//! inside the progress cursor, so a crash mid-undo resumes where it stopped.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{backup_aad, Outcome, Run, RunError};
+use crate::domain::filters::PatientFilters;
+use crate::domain::patient::PatientFields;
+use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
+use crate::store::Page;
+
+const UNDO_CHUNK: i64 = 500;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    #[default]
+    Cancelled,
+    Aborted,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Remove,
+    Restore,
+    Done,
+}
+
+/// A patient left as it is because someone changed it after the operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub patient_id: Uuid,
+    pub reason: String,
+}
+
+/// Where an undo stands; saved with every chunk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UndoCursor {
+    pub reason: Reason,
+    pub phase: Phase,
+    pub after: Option<Uuid>,
+    pub removed: i64,
+    pub restored: i64,
+    pub conflicts: Vec<Conflict>,
+}
+
+impl UndoCursor {
+    pub fn new(reason: Reason) -> Self {
+        UndoCursor {
+            reason,
+            ..Default::default()
+        }
+    }
+}
+
+/// The state a before-image holds.
+#[derive(Debug, Deserialize)]
+struct BeforeImage {
+    fields: PatientFields,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Undoes `target`'s changes. Without `force`, a patient whose version moved on since
+/// the operation is listed as a conflict and left alone.
+pub async fn undo_operation(
+    run: &Run<'_>,
+    target: Uuid,
+    force: bool,
+    mut state: UndoCursor,
+    save: &(dyn Fn(&UndoCursor) -> String + Send + Sync),
+) -> Result<UndoCursor, RunError> {
+    let store = &run.engine.store;
+    let org = run.op.organization_id;
+    let no_filters = PatientFilters::default();
+    while state.phase == Phase::Remove {
+        let page = store
+            .scan_patients(PatientScan {
+                org,
+                filters: &no_filters,
+                include_deleted: true,
+                imported_by: Some(target),
+                page: Page {
+                    after: state.after,
+                    limit: UNDO_CHUNK,
+                },
+            })
+            .await?;
+        let mut chunk = Chunk::default();
+        match page.last() {
+            None => {
+                state.phase = Phase::Restore;
+                state.after = None;
+            }
+            Some(last) => state.after = Some(last.id),
+        }
+        for patient in &page {
+            // Created at version 1; a later version means someone edited it since.
+            if patient.version != 1 && !force {
+                state.conflicts.push(Conflict {
+                    patient_id: patient.id,
+                    reason: "changed after the import (version moved on)".into(),
+                });
+            } else {
+                chunk.removals.push(patient.id);
+                state.removed += 1;
+            }
+        }
+        commit_undo_chunk(run, chunk, &state, save).await?;
+    }
+    while state.phase == Phase::Restore {
+        let backups = store.backups(target, state.after, UNDO_CHUNK).await?;
+        let Some(last) = backups.last() else {
+            state.phase = Phase::Done;
+            commit_undo_chunk(run, Chunk::default(), &state, save).await?;
+            break;
+        };
+        let next_after = Some(last.patient_id);
+        let ids: Vec<Uuid> = backups.iter().map(|b| b.patient_id).collect();
+        let current = store.patients_by_id(org, &ids).await?;
+        let mut chunk = Chunk::default();
+        let mut restored = 0;
+        let mut conflicts = Vec::new();
+        for backup in &backups {
+            let Some(patient) = current.iter().find(|p| p.id == backup.patient_id) else {
+                conflicts.push(Conflict {
+                    patient_id: backup.patient_id,
+                    reason: "the patient no longer exists".into(),
+                });
+                continue;
+            };
+            if patient.version != backup.version_after && !force {
+                conflicts.push(Conflict {
+                    patient_id: patient.id,
+                    reason: "changed after the operation (version moved on)".into(),
+                });
+                continue;
+            }
+            let plain = run
+                .engine
+                .keyring
+                .open(&backup.before_image, &backup_aad(target, backup.patient_id))
+                .map_err(|_| RunError::Failed {
+                    message: "a backup cannot be decrypted with the configured master key".into(),
+                    result: None,
+                })?;
+            let image: BeforeImage =
+                serde_json::from_slice(&plain).map_err(|_| RunError::Failed {
+                    message: "a backup is unreadable".into(),
+                    result: None,
+                })?;
+            chunk.writes.push(PatientWrite {
+                patient_id: patient.id,
+                expected_version: patient.version,
+                fields: image.fields,
+                deleted_at: image.deleted_at,
+                backup: None,
+            });
+            restored += 1;
+        }
+        let mut next = state.clone();
+        next.after = next_after;
+        next.restored += restored;
+        next.conflicts.extend(conflicts);
+        chunk.cursor = save(&next);
+        chunk.processed = run.op.progress_processed;
+        match run.try_commit(chunk).await? {
+            // Someone edited a patient between our read and write: read the page again.
+            ChunkOutcome::Conflict(_) => continue,
+            _ => state = next,
+        }
+    }
+    Ok(state)
+}
+
+async fn commit_undo_chunk(
+    run: &Run<'_>,
+    mut chunk: Chunk,
+    state: &UndoCursor,
+    save: &(dyn Fn(&UndoCursor) -> String + Send + Sync),
+) -> Result<(), RunError> {
+    chunk.cursor = save(state);
+    chunk.processed = run.op.progress_processed;
+    run.commit(chunk).await?;
+    Ok(())
+}
+
+/// The `result.conflicts` list of SPEC 10.
+pub fn conflicts_json(conflicts: &[Conflict]) -> Value {
+    json!(conflicts
+        .iter()
+        .map(|c| json!({"patient_id": c.patient_id, "reason": c.reason}))
+        .collect::<Vec<_>>())
+}
+
+/// A rollback operation: undoes its target and marks it `rolled_back`.
+pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Outcome, RunError> {
+    let state: UndoCursor = run
+        .op
+        .progress_cursor
+        .as_deref()
+        .and_then(|c| serde_json::from_str(c).ok())
+        .unwrap_or_else(|| UndoCursor::new(Reason::Rollback));
+    let save = |s: &UndoCursor| serde_json::to_string(s).unwrap_or_default();
+    let done = undo_operation(run, target, force, state, &save).await?;
+    run.engine
+        .store
+        .mark_rolled_back(run.op.organization_id, target)
+        .await?;
+    Ok(Outcome::Completed {
+        result: json!({
+            "target_operation_id": target,
+            "patients_restored": done.restored,
+            "patients_removed": done.removed,
+            "conflicts": conflicts_json(&done.conflicts),
+            "duration_ms": run.elapsed_ms(),
+        }),
+        output: None,
+    })
+}

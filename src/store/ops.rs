@@ -1,0 +1,178 @@
+//! The storage side of the bulk engine: the job queue in `bulk_operations`, chunk
+//! commits fenced by lease and attempt, row errors and before-images.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{NewAuditEntry, Page, StoreResult};
+use crate::domain::filters::PatientFilters;
+use crate::domain::operation::{Operation, OperationType, Status};
+use crate::domain::patient::{Patient, PatientFields};
+
+/// One problem with one row of an import (no cell values: they are patient data).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RowError {
+    pub row: i64,
+    pub column: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// The full new state of an existing patient, written only if its version is still
+/// `expected_version`; `backup` is the sealed before-image kept for rollback.
+#[derive(Debug, Clone)]
+pub struct PatientWrite {
+    pub patient_id: Uuid,
+    pub expected_version: i64,
+    pub fields: PatientFields,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub backup: Option<Vec<u8>>,
+}
+
+/// What one chunk of a running operation commits, all in one transaction with its
+/// progress, so that a resumed operation neither repeats nor skips work.
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    pub processed: i64,
+    pub total: Option<i64>,
+    pub cursor: String,
+    pub inserts: Vec<Patient>,
+    pub writes: Vec<PatientWrite>,
+    /// Patients to remove outright (rows an import created, on undo).
+    pub removals: Vec<Uuid>,
+    pub row_errors: Vec<RowError>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChunkOutcome {
+    Committed {
+        cancel_requested: bool,
+    },
+    /// Another worker holds the operation now; this one must stop without writing.
+    LeaseLost,
+    /// A patient's version moved on between reading and writing; nothing was written.
+    Conflict(Uuid),
+}
+
+/// The end of an attempt: a final status, or back to `scheduled` for a retry.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub operation_id: Uuid,
+    pub attempt: i64,
+    pub status: Status,
+    pub result: Option<serde_json::Value>,
+    pub error_message: Option<String>,
+    pub output_blob: Option<String>,
+    pub output_expires_at: Option<DateTime<Utc>>,
+    /// When set with status `scheduled`, the operation is retried at this time.
+    pub retry_at: Option<DateTime<Utc>>,
+    pub completed_at: DateTime<Utc>,
+    pub audit: Option<NewAuditEntry>,
+}
+
+/// A sealed before-image as stored.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    pub patient_id: Uuid,
+    pub version_after: i64,
+    pub before_image: Vec<u8>,
+}
+
+/// Which patients to page through, and how.
+#[derive(Debug, Clone)]
+pub struct PatientScan<'a> {
+    pub org: Uuid,
+    pub filters: &'a PatientFilters,
+    pub include_deleted: bool,
+    /// Only patients created by this import.
+    pub imported_by: Option<Uuid>,
+    pub page: Page,
+}
+
+#[async_trait]
+pub trait OpsStore: Send + Sync {
+    /// Inserts a scheduled operation, its dependencies and its audit entry together.
+    async fn insert_operation(&self, op: &Operation, audit: NewAuditEntry) -> StoreResult<()>;
+    async fn find_by_idempotency_key(
+        &self,
+        user: Uuid,
+        key: &str,
+    ) -> StoreResult<Option<Operation>>;
+    /// Frees an expired idempotency key for reuse.
+    async fn clear_idempotency_key(&self, operation_id: Uuid) -> StoreResult<()>;
+    async fn get_operation(&self, org: Uuid, id: Uuid) -> StoreResult<Option<Operation>>;
+    /// Newest first; `status`/`type` narrow it.
+    async fn list_operations(
+        &self,
+        org: Uuid,
+        status: Option<Status>,
+        op_type: Option<OperationType>,
+        page: &Page,
+    ) -> StoreResult<Vec<Operation>>;
+    /// The organization's scheduled operations by `scheduled_at`.
+    async fn list_scheduled(&self, org: Uuid) -> StoreResult<Vec<Operation>>;
+    async fn count_scheduled(&self, org: Uuid) -> StoreResult<i64>;
+    /// Cancels a scheduled operation at once, or flags a running one; returns the
+    /// operation as it is afterwards (unchanged when it had already ended).
+    async fn request_cancel(
+        &self,
+        org: Uuid,
+        id: Uuid,
+        now: DateTime<Utc>,
+        audit: NewAuditEntry,
+    ) -> StoreResult<Option<Operation>>;
+    /// Marks a target operation `rolled_back` once its rollback completed.
+    async fn mark_rolled_back(&self, org: Uuid, id: Uuid) -> StoreResult<()>;
+
+    /// Claims the next due operation for `worker`, serving organizations fairly and
+    /// keeping at most `max_per_org` running per organization.
+    async fn claim_next(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        max_per_org: i64,
+    ) -> StoreResult<Option<Operation>>;
+    /// The earliest time something becomes due (scheduled, retry or expired lease).
+    async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
+    /// Cancels scheduled operations whose dependency failed, was cancelled or rolled back.
+    async fn cancel_orphaned_dependents(&self, now: DateTime<Utc>) -> StoreResult<Vec<Operation>>;
+    /// Extends the lease; false when this attempt no longer holds the operation.
+    async fn heartbeat(
+        &self,
+        id: Uuid,
+        attempt: i64,
+        lease_until: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    /// Commits one chunk with its progress, fenced by `attempt`.
+    async fn commit_chunk(&self, op: &Operation, chunk: Chunk) -> StoreResult<ChunkOutcome>;
+    /// Ends an attempt (fenced); false when the lease was lost.
+    async fn finish_operation(&self, finish: Finish) -> StoreResult<bool>;
+    /// Whether the operation was asked to cancel.
+    async fn cancel_requested(&self, id: Uuid) -> StoreResult<bool>;
+
+    async fn row_errors(&self, operation_id: Uuid, limit: i64) -> StoreResult<Vec<RowError>>;
+    async fn output_blob(
+        &self,
+        org: Uuid,
+        id: Uuid,
+    ) -> StoreResult<Option<(String, DateTime<Utc>)>>;
+    /// Live patients of the organization with one of these UNHCR numbers.
+    async fn patients_by_unhcr(&self, org: Uuid, numbers: &[String]) -> StoreResult<Vec<Patient>>;
+    /// A page of patients (by id) matching a scan.
+    async fn scan_patients(&self, scan: PatientScan<'_>) -> StoreResult<Vec<Patient>>;
+    async fn count_patients(&self, scan: PatientScan<'_>) -> StoreResult<i64>;
+    /// Patients by id, whatever their deletion state, within the organization.
+    async fn patients_by_id(&self, org: Uuid, ids: &[Uuid]) -> StoreResult<Vec<Patient>>;
+    /// A page of an operation's before-images, by patient id.
+    async fn backups(
+        &self,
+        operation_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<Backup>>;
+    async fn count_backups(&self, operation_id: Uuid) -> StoreResult<i64>;
+    /// Writes an audit entry about an operation (start, completion, download...).
+    async fn audit_operation(&self, entry: NewAuditEntry) -> StoreResult<()>;
+}

@@ -1,0 +1,725 @@
+//! The engine's SQL, shared by both backends like `sql.rs` (see there for why a macro).
+
+/// Columns of `bulk_operations` read into an [`crate::domain::operation::Operation`].
+pub const OPERATION_COLUMNS: &str = "id, type, status, user_id, organization_id, scheduled_at, \
+    started_at, completed_at, created_at, parameters, parameters_key_id, result, error_message, \
+    timezone, email_notification, dry_run, schedule_id, target_operation_id, idempotency_key, \
+    attempt, lease_expires_at, next_attempt_at, cancel_requested, progress_processed, \
+    progress_total, progress_cursor";
+
+/// A candidate is due, not blocked by an unfinished dependency, and its organization
+/// runs fewer than `$2` operations. Organizations running the fewest come first.
+pub const CLAIM_CANDIDATE: &str = "SELECT o.id FROM bulk_operations o \
+    WHERE ((o.status = 'scheduled' AND o.scheduled_at <= $1 \
+            AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)) \
+        OR (o.status = 'processing' AND o.lease_expires_at < $1)) \
+      AND NOT EXISTS (SELECT 1 FROM operation_dependencies d \
+            JOIN bulk_operations p ON p.id = d.depends_on_id \
+            WHERE d.operation_id = o.id AND p.status <> 'completed') \
+      AND (SELECT COUNT(*) FROM bulk_operations r WHERE r.organization_id = o.organization_id \
+            AND r.status = 'processing' AND r.lease_expires_at >= $1) < $2 \
+    ORDER BY (SELECT COUNT(*) FROM bulk_operations r WHERE r.organization_id = o.organization_id \
+            AND r.status = 'processing' AND r.lease_expires_at >= $1), o.scheduled_at, o.id \
+    LIMIT 1";
+
+macro_rules! ops_store_impl {
+    ($store:ty, $db:ty, $row:ty) => {
+        impl $store {
+            fn operation_from_row(row: &$row) -> $crate::store::StoreResult<$crate::domain::operation::Operation> {
+                use sqlx::Row;
+                use $crate::domain::operation::{OperationType, Status};
+                use $crate::store::StoreError;
+                let op_type: String = row.try_get("type")?;
+                let status: String = row.try_get("status")?;
+                let result: Option<String> = row.try_get("result")?;
+                Ok($crate::domain::operation::Operation {
+                    id: row.try_get("id")?,
+                    op_type: OperationType::parse(&op_type)
+                        .ok_or_else(|| StoreError::Corrupt(format!("operation type {op_type}")))?,
+                    status: Status::parse(&status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("operation status {status}")))?,
+                    user_id: row.try_get("user_id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    scheduled_at: row.try_get("scheduled_at")?,
+                    started_at: row.try_get("started_at")?,
+                    completed_at: row.try_get("completed_at")?,
+                    created_at: row.try_get("created_at")?,
+                    parameters: row.try_get("parameters")?,
+                    parameters_key_id: row.try_get("parameters_key_id")?,
+                    result: result
+                        .map(|r| serde_json::from_str(&r))
+                        .transpose()
+                        .map_err(|e| StoreError::Corrupt(format!("operation result: {e}")))?,
+                    error_message: row.try_get("error_message")?,
+                    timezone: row.try_get("timezone")?,
+                    email_notification: row.try_get("email_notification")?,
+                    dry_run: row.try_get("dry_run")?,
+                    schedule_id: row.try_get("schedule_id")?,
+                    target_operation_id: row.try_get("target_operation_id")?,
+                    idempotency_key: row.try_get("idempotency_key")?,
+                    attempt: row.try_get("attempt")?,
+                    lease_expires_at: row.try_get("lease_expires_at")?,
+                    next_attempt_at: row.try_get("next_attempt_at")?,
+                    cancel_requested: row.try_get("cancel_requested")?,
+                    progress_processed: row.try_get("progress_processed")?,
+                    progress_total: row.try_get("progress_total")?,
+                    progress_cursor: row.try_get("progress_cursor")?,
+                    depends_on: Vec::new(),
+                })
+            }
+
+            /// Reads operations and fills in their dependencies with one more query.
+            async fn operations_with_deps(
+                &self,
+                rows: Vec<$row>,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::operation::Operation>> {
+                let mut ops: Vec<_> = rows.iter().map(Self::operation_from_row).collect::<Result<_, _>>()?;
+                if ops.is_empty() {
+                    return Ok(ops);
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT operation_id, depends_on_id FROM operation_dependencies WHERE operation_id IN (",
+                );
+                let mut list = qb.separated(", ");
+                for op in &ops {
+                    list.push_bind(op.id);
+                }
+                qb.push(") ORDER BY depends_on_id");
+                let deps: Vec<(uuid::Uuid, uuid::Uuid)> = qb.build_query_as().fetch_all(self.reader()).await?;
+                for (op_id, dep) in deps {
+                    if let Some(op) = ops.iter_mut().find(|o| o.id == op_id) {
+                        op.depends_on.push(dep);
+                    }
+                }
+                Ok(ops)
+            }
+
+            async fn fetch_operation_where(
+                &self,
+                condition: &str,
+                id: uuid::Uuid,
+                org: Option<uuid::Uuid>,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+                let sql = format!(
+                    "SELECT {} FROM bulk_operations WHERE {condition}{}",
+                    $crate::store::ops_sql::OPERATION_COLUMNS,
+                    if org.is_some() { " AND organization_id = $2" } else { "" }
+                );
+                let mut query = sqlx::query(&sql).bind(id);
+                if let Some(org) = org {
+                    query = query.bind(org);
+                }
+                let rows = query.fetch_all(self.reader()).await?;
+                Ok(self.operations_with_deps(rows).await?.into_iter().next())
+            }
+
+            fn push_scan(qb: &mut sqlx::QueryBuilder<'_, $db>, scan: &$crate::store::ops::PatientScan<'_>) {
+                qb.push(" FROM patients WHERE organization_id = ").push_bind(scan.org);
+                if !scan.include_deleted {
+                    qb.push(" AND deleted_at IS NULL");
+                }
+                if let Some(op) = scan.imported_by {
+                    qb.push(" AND import_operation_id = ").push_bind(op);
+                }
+                Self::push_filters(qb, scan.filters);
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::ops::OpsStore for $store {
+            async fn insert_operation(
+                &self,
+                op: &$crate::domain::operation::Operation,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                sqlx::query(
+                    "INSERT INTO bulk_operations (id, type, status, user_id, organization_id, scheduled_at, \
+                     created_at, parameters, parameters_key_id, timezone, email_notification, dry_run, \
+                     schedule_id, target_operation_id, idempotency_key, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $7)",
+                )
+                .bind(op.id)
+                .bind(op.op_type.as_str())
+                .bind(op.status.as_str())
+                .bind(op.user_id)
+                .bind(op.organization_id)
+                .bind(op.scheduled_at)
+                .bind(op.created_at)
+                .bind(&op.parameters)
+                .bind(&op.parameters_key_id)
+                .bind(&op.timezone)
+                .bind(op.email_notification)
+                .bind(op.dry_run)
+                .bind(op.schedule_id)
+                .bind(op.target_operation_id)
+                .bind(&op.idempotency_key)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::store::sql::classify)?;
+                for dep in &op.depends_on {
+                    sqlx::query("INSERT INTO operation_dependencies (operation_id, depends_on_id) VALUES ($1, $2)")
+                        .bind(op.id)
+                        .bind(dep)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Self::append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn find_by_idempotency_key(
+                &self,
+                user: uuid::Uuid,
+                key: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+                let sql = format!(
+                    "SELECT {} FROM bulk_operations WHERE user_id = $1 AND idempotency_key = $2",
+                    $crate::store::ops_sql::OPERATION_COLUMNS
+                );
+                let rows = sqlx::query(&sql).bind(user).bind(key).fetch_all(self.reader()).await?;
+                Ok(self.operations_with_deps(rows).await?.into_iter().next())
+            }
+
+            async fn clear_idempotency_key(&self, operation_id: uuid::Uuid) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE bulk_operations SET idempotency_key = NULL WHERE id = $1")
+                    .bind(operation_id)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn get_operation(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+                self.fetch_operation_where("id = $1", id, Some(org)).await
+            }
+
+            async fn list_operations(
+                &self,
+                org: uuid::Uuid,
+                status: Option<$crate::domain::operation::Status>,
+                op_type: Option<$crate::domain::operation::OperationType>,
+                page: &$crate::store::Page,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::operation::Operation>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM bulk_operations WHERE organization_id = ",
+                    $crate::store::ops_sql::OPERATION_COLUMNS
+                ));
+                qb.push_bind(org);
+                if let Some(status) = status {
+                    qb.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(t) = op_type {
+                    qb.push(" AND type = ").push_bind(t.as_str());
+                }
+                if let Some(after) = page.after {
+                    qb.push(" AND id < ").push_bind(after);
+                }
+                qb.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                self.operations_with_deps(rows).await
+            }
+
+            async fn list_scheduled(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::operation::Operation>> {
+                let sql = format!(
+                    "SELECT {} FROM bulk_operations WHERE organization_id = $1 AND status = 'scheduled' \
+                     ORDER BY scheduled_at, id LIMIT 1000",
+                    $crate::store::ops_sql::OPERATION_COLUMNS
+                );
+                let rows = sqlx::query(&sql).bind(org).fetch_all(self.reader()).await?;
+                self.operations_with_deps(rows).await
+            }
+
+            async fn count_scheduled(&self, org: uuid::Uuid) -> $crate::store::StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM bulk_operations WHERE organization_id = $1 AND status = 'scheduled'",
+                )
+                .bind(org)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(n)
+            }
+
+            async fn request_cancel(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+                now: chrono::DateTime<chrono::Utc>,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+                let mut tx = self.writer().begin().await?;
+                let scheduled = sqlx::query(
+                    "UPDATE bulk_operations SET status = 'cancelled', completed_at = $3, updated_at = $3, \
+                     error_message = 'cancelled before it started' \
+                     WHERE id = $1 AND organization_id = $2 AND status = 'scheduled'",
+                )
+                .bind(id)
+                .bind(org)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let running = sqlx::query(
+                    "UPDATE bulk_operations SET cancel_requested = TRUE, updated_at = $3 \
+                     WHERE id = $1 AND organization_id = $2 AND status = 'processing'",
+                )
+                .bind(id)
+                .bind(org)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if scheduled.rows_affected() + running.rows_affected() > 0 {
+                    Self::append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                self.get_operation(org, id).await
+            }
+
+            async fn mark_rolled_back(&self, org: uuid::Uuid, id: uuid::Uuid) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "UPDATE bulk_operations SET status = 'rolled_back' WHERE id = $1 AND organization_id = $2 \
+                     AND status = 'completed'",
+                )
+                .bind(id)
+                .bind(org)
+                .execute(self.writer())
+                .await?;
+                Ok(())
+            }
+
+            async fn claim_next(
+                &self,
+                worker: &str,
+                now: chrono::DateTime<chrono::Utc>,
+                lease_until: chrono::DateTime<chrono::Utc>,
+                max_per_org: i64,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+                let mut tx = self.writer().begin().await?;
+                if !Self::DIALECT.claim_lock.is_empty() {
+                    sqlx::query(Self::DIALECT.claim_lock).execute(&mut *tx).await?;
+                }
+                let candidate: Option<(uuid::Uuid,)> = sqlx::query_as($crate::store::ops_sql::CLAIM_CANDIDATE)
+                    .bind(now)
+                    .bind(max_per_org)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((id,)) = candidate else {
+                    tx.commit().await?;
+                    return Ok(None);
+                };
+                let sql = format!(
+                    "UPDATE bulk_operations SET status = 'processing', attempt = attempt + 1, lease_owner = $2, \
+                     lease_expires_at = $3, started_at = COALESCE(started_at, $4), next_attempt_at = NULL, \
+                     updated_at = $4 WHERE id = $1 RETURNING {}",
+                    $crate::store::ops_sql::OPERATION_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(id)
+                    .bind(worker)
+                    .bind(lease_until)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(self.operations_with_deps(vec![row]).await?.into_iter().next())
+            }
+
+            async fn next_due_at(&self) -> $crate::store::StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+                type T = Option<chrono::DateTime<chrono::Utc>>;
+                let (a,): (T,) = sqlx::query_as(
+                    "SELECT MIN(scheduled_at) FROM bulk_operations WHERE status = 'scheduled' AND next_attempt_at IS NULL",
+                )
+                .fetch_one(self.reader())
+                .await?;
+                let (b,): (T,) = sqlx::query_as(
+                    "SELECT MIN(next_attempt_at) FROM bulk_operations WHERE status = 'scheduled' AND next_attempt_at IS NOT NULL",
+                )
+                .fetch_one(self.reader())
+                .await?;
+                let (c,): (T,) = sqlx::query_as(
+                    "SELECT MIN(lease_expires_at) FROM bulk_operations WHERE status = 'processing'",
+                )
+                .fetch_one(self.reader())
+                .await?;
+                Ok([a, b, c].into_iter().flatten().min())
+            }
+
+            async fn cancel_orphaned_dependents(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::operation::Operation>> {
+                let orphans: Vec<(uuid::Uuid, uuid::Uuid, String)> = sqlx::query_as(
+                    "SELECT o.id, p.id, p.status FROM bulk_operations o \
+                     JOIN operation_dependencies d ON d.operation_id = o.id \
+                     JOIN bulk_operations p ON p.id = d.depends_on_id \
+                     WHERE o.status = 'scheduled' AND p.status IN ('failed', 'cancelled', 'rolled_back')",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                let mut cancelled = Vec::new();
+                for (id, dep, dep_status) in orphans {
+                    let message = format!("cancelled because the operation it depends on ({dep}) is {dep_status}");
+                    let done = sqlx::query(
+                        "UPDATE bulk_operations SET status = 'cancelled', error_message = $2, completed_at = $3, \
+                         updated_at = $3 WHERE id = $1 AND status = 'scheduled'",
+                    )
+                    .bind(id)
+                    .bind(&message)
+                    .bind(now)
+                    .execute(self.writer())
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        if let Some(op) = self.fetch_operation_where("id = $1", id, None).await? {
+                            cancelled.push(op);
+                        }
+                    }
+                }
+                Ok(cancelled)
+            }
+
+            async fn heartbeat(
+                &self,
+                id: uuid::Uuid,
+                attempt: i64,
+                lease_until: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query(
+                    "UPDATE bulk_operations SET lease_expires_at = $3 \
+                     WHERE id = $1 AND attempt = $2 AND status = 'processing'",
+                )
+                .bind(id)
+                .bind(attempt)
+                .bind(lease_until)
+                .execute(self.writer())
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn commit_chunk(
+                &self,
+                op: &$crate::domain::operation::Operation,
+                chunk: $crate::store::ops::Chunk,
+            ) -> $crate::store::StoreResult<$crate::store::ops::ChunkOutcome> {
+                use $crate::store::ops::ChunkOutcome;
+                let now = $crate::domain::now();
+                let mut tx = self.writer().begin().await?;
+                // The fence first: it also locks the operation row on PostgreSQL, so a
+                // takeover waits for this chunk or this chunk finds the lease gone.
+                let fence: Option<(bool,)> = sqlx::query_as(
+                    "UPDATE bulk_operations SET progress_processed = $3, progress_total = COALESCE($4, progress_total), \
+                     progress_cursor = $5, updated_at = $6 \
+                     WHERE id = $1 AND attempt = $2 AND status = 'processing' RETURNING cancel_requested",
+                )
+                .bind(op.id)
+                .bind(op.attempt)
+                .bind(chunk.processed)
+                .bind(chunk.total)
+                .bind(&chunk.cursor)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((cancel_requested,)) = fence else {
+                    return Ok(ChunkOutcome::LeaseLost);
+                };
+                if !chunk.inserts.is_empty() {
+                    // Multi-row INSERTs of at most 500 rows keep under both backends'
+                    // bound-parameter limits (29 columns each).
+                    for batch in chunk.inserts.chunks(500) {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                            "INSERT INTO patients ({}) ",
+                            $crate::store::sql::PATIENT_COLUMNS
+                        ));
+                        qb.push_values(batch, |mut b, p| {
+                            use $crate::store::sql::list_to_text;
+                            let f = &p.fields;
+                            b.push_bind(p.id)
+                                .push_bind(p.organization_id)
+                                .push_bind(f.given_name.clone())
+                                .push_bind(f.family_name.clone())
+                                .push_bind(f.gender.clone())
+                                .push_bind(f.unhcr_number.clone())
+                                .push_bind(f.middle_names.clone())
+                                .push_bind(f.date_of_birth)
+                                .push_bind(f.estimated_birth_year)
+                                .push_bind(f.place_of_birth.clone())
+                                .push_bind(f.refugee_status.clone())
+                                .push_bind(f.origin_country.clone())
+                                .push_bind(f.current_camp.clone())
+                                .push_bind(f.camp_section.clone())
+                                .push_bind(f.phone_number.clone())
+                                .push_bind(f.email.clone())
+                                .push_bind(f.primary_language.clone())
+                                .push_bind(list_to_text(&f.languages_spoken))
+                                .push_bind(f.blood_type.clone())
+                                .push_bind(list_to_text(&f.allergies))
+                                .push_bind(list_to_text(&f.chronic_conditions))
+                                .push_bind(f.emergency_contact_name.clone())
+                                .push_bind(f.emergency_contact_phone.clone())
+                                .push_bind(f.verification_status.clone())
+                                .push_bind(p.created_at)
+                                .push_bind(p.updated_at)
+                                .push_bind(p.version)
+                                .push_bind(p.deleted_at)
+                                .push_bind(p.import_operation_id);
+                        });
+                        qb.build().execute(&mut *tx).await.map_err($crate::store::sql::classify)?;
+                    }
+                }
+                let update_sql = format!(
+                    "UPDATE patients SET {}, deleted_at = $25, version = version + 1, updated_at = $26 \
+                     WHERE id = $1 AND organization_id = $2 AND version = $27",
+                    $crate::store::sql::PATIENT_UPDATE_SET
+                );
+                for write in &chunk.writes {
+                    let query = sqlx::query(&update_sql).bind(write.patient_id).bind(op.organization_id);
+                    let done = Self::bind_fields(query, &write.fields)
+                        .bind(write.deleted_at)
+                        .bind(now)
+                        .bind(write.expected_version)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::store::sql::classify)?;
+                    if done.rows_affected() != 1 {
+                        return Ok(ChunkOutcome::Conflict(write.patient_id));
+                    }
+                    if let Some(image) = &write.backup {
+                        sqlx::query(
+                            "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) \
+                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation_id, patient_id) DO NOTHING",
+                        )
+                        .bind(op.id)
+                        .bind(write.patient_id)
+                        .bind(write.expected_version + 1)
+                        .bind(image)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                for id in &chunk.removals {
+                    sqlx::query("DELETE FROM patients WHERE id = $1 AND organization_id = $2")
+                        .bind(id)
+                        .bind(op.organization_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for e in &chunk.row_errors {
+                    sqlx::query(
+                        "INSERT INTO operation_row_errors (operation_id, row_number, column_name, code, message) \
+                         VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(op.id)
+                    .bind(e.row)
+                    .bind(&e.column)
+                    .bind(&e.code)
+                    .bind(&e.message)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(ChunkOutcome::Committed { cancel_requested })
+            }
+
+            async fn finish_operation(&self, finish: $crate::store::ops::Finish) -> $crate::store::StoreResult<bool> {
+                use $crate::domain::operation::Status;
+                let mut tx = self.writer().begin().await?;
+                let result = finish.result.as_ref().map(|r| r.to_string());
+                let done = if finish.status == Status::Scheduled {
+                    sqlx::query(
+                        "UPDATE bulk_operations SET status = 'scheduled', next_attempt_at = $3, error_message = $4, \
+                         lease_owner = NULL, lease_expires_at = NULL, updated_at = $5 \
+                         WHERE id = $1 AND attempt = $2 AND status = 'processing'",
+                    )
+                    .bind(finish.operation_id)
+                    .bind(finish.attempt)
+                    .bind(finish.retry_at)
+                    .bind(&finish.error_message)
+                    .bind(finish.completed_at)
+                    .execute(&mut *tx)
+                    .await?
+                } else {
+                    sqlx::query(
+                        "UPDATE bulk_operations SET status = $3, result = $4, error_message = $5, completed_at = $6, \
+                         output_blob = $7, output_expires_at = $8, lease_owner = NULL, lease_expires_at = NULL, \
+                         updated_at = $6 WHERE id = $1 AND attempt = $2 AND status = 'processing'",
+                    )
+                    .bind(finish.operation_id)
+                    .bind(finish.attempt)
+                    .bind(finish.status.as_str())
+                    .bind(result)
+                    .bind(&finish.error_message)
+                    .bind(finish.completed_at)
+                    .bind(&finish.output_blob)
+                    .bind(finish.output_expires_at)
+                    .execute(&mut *tx)
+                    .await?
+                };
+                if done.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                if let Some(audit) = finish.audit {
+                    Self::append_audit_tx(&mut tx, audit).await?;
+                }
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn cancel_requested(&self, id: uuid::Uuid) -> $crate::store::StoreResult<bool> {
+                let row: Option<(bool,)> = sqlx::query_as("SELECT cancel_requested FROM bulk_operations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.map(|(c,)| c).unwrap_or(false))
+            }
+
+            async fn row_errors(
+                &self,
+                operation_id: uuid::Uuid,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ops::RowError>> {
+                let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+                    "SELECT row_number, column_name, code, message FROM operation_row_errors \
+                     WHERE operation_id = $1 ORDER BY row_number, column_name LIMIT $2",
+                )
+                .bind(operation_id)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(row, column, code, message)| $crate::store::ops::RowError { row, column, code, message })
+                    .collect())
+            }
+
+            async fn output_blob(
+                &self,
+                org: uuid::Uuid,
+                id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<(String, chrono::DateTime<chrono::Utc>)>> {
+                let row: Option<(Option<String>, Option<chrono::DateTime<chrono::Utc>>)> = sqlx::query_as(
+                    "SELECT output_blob, output_expires_at FROM bulk_operations \
+                     WHERE id = $1 AND organization_id = $2 AND status = 'completed'",
+                )
+                .bind(id)
+                .bind(org)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(match row {
+                    Some((Some(blob), Some(expires))) => Some((blob, expires)),
+                    _ => None,
+                })
+            }
+
+            async fn patients_by_unhcr(
+                &self,
+                org: uuid::Uuid,
+                numbers: &[String],
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::patient::Patient>> {
+                if numbers.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM patients WHERE deleted_at IS NULL AND organization_id = ",
+                    $crate::store::sql::PATIENT_COLUMNS
+                ));
+                qb.push_bind(org).push(" AND unhcr_number IN (");
+                let mut list = qb.separated(", ");
+                for n in numbers {
+                    list.push_bind(n.clone());
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(Self::patient_from_row).collect()
+            }
+
+            async fn scan_patients(
+                &self,
+                scan: $crate::store::ops::PatientScan<'_>,
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::patient::Patient>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {}", $crate::store::sql::PATIENT_COLUMNS));
+                Self::push_scan(&mut qb, &scan);
+                if let Some(after) = scan.page.after {
+                    qb.push(" AND id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(scan.page.limit);
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(Self::patient_from_row).collect()
+            }
+
+            async fn count_patients(&self, scan: $crate::store::ops::PatientScan<'_>) -> $crate::store::StoreResult<i64> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*)");
+                Self::push_scan(&mut qb, &scan);
+                let (n,): (i64,) = qb.build_query_as().fetch_one(self.reader()).await?;
+                Ok(n)
+            }
+
+            async fn patients_by_id(
+                &self,
+                org: uuid::Uuid,
+                ids: &[uuid::Uuid],
+            ) -> $crate::store::StoreResult<Vec<$crate::domain::patient::Patient>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM patients WHERE organization_id = ",
+                    $crate::store::sql::PATIENT_COLUMNS
+                ));
+                qb.push_bind(org).push(" AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                qb.push(") ORDER BY id");
+                let rows = qb.build().fetch_all(self.reader()).await?;
+                rows.iter().map(Self::patient_from_row).collect()
+            }
+
+            async fn backups(
+                &self,
+                operation_id: uuid::Uuid,
+                after: Option<uuid::Uuid>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ops::Backup>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT patient_id, version_after, before_image FROM operation_backups WHERE operation_id = ",
+                );
+                qb.push_bind(operation_id);
+                if let Some(after) = after {
+                    qb.push(" AND patient_id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY patient_id LIMIT ").push_bind(limit);
+                let rows: Vec<(uuid::Uuid, i64, Vec<u8>)> = qb.build_query_as().fetch_all(self.reader()).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(patient_id, version_after, before_image)| $crate::store::ops::Backup {
+                        patient_id,
+                        version_after,
+                        before_image,
+                    })
+                    .collect())
+            }
+
+            async fn count_backups(&self, operation_id: uuid::Uuid) -> $crate::store::StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM operation_backups WHERE operation_id = $1")
+                    .bind(operation_id)
+                    .fetch_one(self.reader())
+                    .await?;
+                Ok(n)
+            }
+
+            async fn audit_operation(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writer().begin().await?;
+                Self::append_audit_tx(&mut tx, entry).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    };
+}
