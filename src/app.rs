@@ -12,11 +12,13 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::auth;
+use crate::blobs::BlobStore;
 use crate::cli::{AdminCommand, AuditCommand, Cli, Command};
 use crate::config::Config;
 use crate::crypto::{Keyring, MasterKey};
 use crate::domain::permission::Role;
 use crate::domain::{new_id, now};
+use crate::engine::{Engine, EngineSettings};
 use crate::http::{router, AppState};
 use crate::store::{Organization, Store, StoreError, User};
 
@@ -57,7 +59,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let store = open_store(&config).await?;
-            load_keyring(&config)?;
+            let keyring = load_keyring(&config)?;
             let listener = TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -70,14 +72,26 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             println!("Haven is listening: open http://{addr}/ in a browser (API under http://{addr}/api/v2/)");
-            serve(store, Arc::new(config), listener, shutdown_signal()).await?;
+            let engine = start_engine(store.clone(), keyring, &config)?;
+            serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Worker => {
-            let _store = open_store(&config).await?;
-            load_keyring(&config)?;
-            tracing::info!("worker started; waiting for operations");
+            let store = open_store(&config).await?;
+            let keyring = load_keyring(&config)?;
+            let engine = Arc::new(Engine::new(
+                store,
+                keyring,
+                blob_store(&config)?,
+                EngineSettings::from_config(&config),
+            ));
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let loop_engine = engine.clone();
+            let worker = tokio::spawn(async move { loop_engine.run(stopped).await });
+            tracing::info!(workers = engine.settings.workers, "worker started");
             shutdown_signal().await;
+            let _ = stop.send(true);
+            let _ = worker.await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -184,21 +198,53 @@ async fn open_store_without_migrating(config: &Config) -> anyhow::Result<Arc<dyn
         .context("opening the database")
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+fn blob_store(config: &Config) -> anyhow::Result<BlobStore> {
+    let blobs = BlobStore::new(config.blob_dir());
+    blobs
+        .ensure_dirs()
+        .with_context(|| format!("cannot create the blob store {}", blobs.root().display()))?;
+    Ok(blobs)
+}
+
+/// Builds the engine of this process (its loop starts with `serve`).
+pub fn start_engine(
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    config: &Config,
+) -> anyhow::Result<Arc<Engine>> {
+    Ok(Arc::new(Engine::new(
+        store,
+        keyring,
+        blob_store(config)?,
+        EngineSettings::from_config(config),
+    )))
+}
+
+/// Serves the API and runs the engine's workers until `shutdown` resolves.
 pub async fn serve(
     store: Arc<dyn Store>,
     config: Arc<Config>,
+    engine: Arc<Engine>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let app = router(AppState { store, config });
-    axum::serve(
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = tokio::spawn(engine.clone().run(stopped));
+    let app = router(AppState {
+        store,
+        config,
+        engine,
+    });
+    let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
-    .context("HTTP server failed")
+    .context("HTTP server failed");
+    let _ = stop.send(true);
+    let _ = workers.await;
+    served
 }
 
 async fn shutdown_signal() {

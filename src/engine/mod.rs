@@ -121,6 +121,15 @@ fn is_transient(err: &sqlx::Error) -> bool {
     ) || err.to_string().contains("locked")
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a run ended when it did not stop early.
 #[derive(Debug)]
 pub enum Outcome {
@@ -360,7 +369,8 @@ impl Engine {
     /// Runs one claimed attempt and records its end.
     async fn execute(&self, op: Operation) {
         let lease_lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = self.spawn_heartbeat(&op, lease_lost.clone());
+        // Stops the heartbeat however this attempt ends, even when its task is dropped.
+        let _heartbeat = AbortOnDrop(self.spawn_heartbeat(&op, lease_lost.clone()));
         let _ = self
             .store
             .audit_operation(operation_audit(
@@ -383,7 +393,6 @@ impl Engine {
         } else {
             self.dispatch(&run).await
         };
-        heartbeat.abort();
         if let Err(e) = self.record_end(&op, outcome).await {
             tracing::error!(operation_id = %op.id, error = format!("{e:#}"), "recording the end of an operation failed");
         }

@@ -2,9 +2,11 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bulk;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod operations;
 pub mod patients;
 
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::store::Store;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    pub engine: Arc<crate::engine::Engine>,
 }
 
 /// The whole API.
@@ -28,6 +31,8 @@ pub fn router(state: AppState) -> Router {
         .merge(auth::routes())
         .merge(patients::routes())
         .merge(audit::routes())
+        .merge(bulk::routes())
+        .merge(operations::routes())
         .fallback(|| async { error::AppError::NotFound("route") })
         .with_state(state)
 }

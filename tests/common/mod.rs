@@ -90,6 +90,7 @@ pub struct TestApp {
     pub base: String,
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
+    pub engine: Arc<haven::engine::Engine>,
     pub client: reqwest::Client,
     pub backend: Backend,
     pub db: TestDb,
@@ -124,6 +125,8 @@ impl TestApp {
         let db = TestDb::create(backend, dir.path()).await;
         let config = Arc::new(config_with(dir.path(), &db.url, extra_flags));
         let store = haven::app::open_store(&config).await.expect("open store");
+        let keyring = haven::app::load_keyring(&config).expect("keyring");
+        let engine = haven::app::start_engine(store.clone(), keyring, &config).expect("engine");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -131,11 +134,19 @@ impl TestApp {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server_store = store.clone();
         let server_config = config.clone();
+        let server_engine = engine.clone();
         tokio::spawn(async move {
             let shutdown = async {
                 let _ = rx.await;
             };
-            if let Err(e) = haven::app::serve(server_store, server_config, listener, shutdown).await
+            if let Err(e) = haven::app::serve(
+                server_store,
+                server_config,
+                server_engine,
+                listener,
+                shutdown,
+            )
+            .await
             {
                 eprintln!("test server stopped: {e:#}");
             }
@@ -145,6 +156,7 @@ impl TestApp {
             base: format!("http://{addr}"),
             store,
             config,
+            engine,
             client: reqwest::Client::new(),
             backend,
             db,
@@ -305,4 +317,83 @@ macro_rules! dual_test {
             }
         }
     };
+}
+
+/// A sample file of `../shared/samples`.
+pub fn sample(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/samples")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("sample {}: {e}", path.display()))
+}
+
+impl TestApp {
+    /// Schedules an import of `csv` (JSON form) with extra options; returns the response.
+    pub async fn schedule_import(
+        &self,
+        token: &str,
+        csv: &str,
+        options: Value,
+    ) -> reqwest::Response {
+        let mut body = json!({"csv_data": csv, "file_name": "test.csv"});
+        if let (Some(b), Some(o)) = (body.as_object_mut(), options.as_object()) {
+            for (k, v) in o {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        self.post_json(token, "/api/v2/bulk/import/schedule", &body)
+            .await
+    }
+
+    /// Waits (up to 120 s) until the operation has ended; returns it.
+    pub async fn wait_until_done(&self, token: &str, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        loop {
+            let op: Value = self
+                .get(token, &format!("/api/v2/bulk-operations/{id}/status"))
+                .await
+                .json()
+                .await
+                .expect("status json");
+            let status = op["status"].as_str().unwrap_or("").to_string();
+            if !["scheduled", "processing"].contains(&status.as_str()) {
+                return op;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operation {id} did not end: {op}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Schedules, checks the 201, and waits for the end.
+    pub async fn run_import(&self, token: &str, csv: &str, options: Value) -> Value {
+        let response = self.schedule_import(token, csv, options).await;
+        assert_eq!(response.status(), 201, "schedule import");
+        let op: Value = response.json().await.expect("op json");
+        self.wait_until_done(token, op["id"].as_str().expect("id"))
+            .await
+    }
+
+    /// Schedules a JSON bulk operation (`export`, `update`, `delete`) and waits for it.
+    pub async fn run_bulk(&self, token: &str, kind: &str, body: Value) -> Value {
+        let response = self
+            .post_json(token, &format!("/api/v2/bulk/{kind}/schedule"), &body)
+            .await;
+        assert_eq!(response.status(), 201, "schedule {kind}");
+        let op: Value = response.json().await.expect("op json");
+        self.wait_until_done(token, op["id"].as_str().expect("id"))
+            .await
+    }
+
+    pub async fn row_errors(&self, token: &str, id: &str) -> Vec<Value> {
+        let body: Value = self
+            .get(token, &format!("/api/v2/bulk-operations/{id}/errors"))
+            .await
+            .json()
+            .await
+            .expect("errors json");
+        body["errors"].as_array().cloned().unwrap_or_default()
+    }
 }

@@ -1,0 +1,1048 @@
+//! The scheduling endpoints of SPEC 4.2 and the rollback endpoints of SPEC 4.6.
+//! Requests are validated completely before anything is accepted: a bad option is a
+//! 422 now, not a failure at 02:00.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::error::{AppError, AppResult};
+use super::extract::{perm, AuthUser, JsonBody, PathId, Require};
+use super::AppState;
+use crate::blobs::BlobStore;
+use crate::crypto::AsyncEncryptedFile;
+use crate::domain::filters::PatientFilters;
+use crate::domain::operation::{
+    ImportMode, OnError, Operation, OperationType, Parameters, Status, Targets,
+};
+use crate::domain::patient::{DateFormat, PatientFields, RawValue, SYSTEM_FIELDS};
+use crate::domain::{new_id, now, FieldError};
+use crate::formats::export::{check_fields, ExportFormat, DEFAULT_EXPORT_FIELDS};
+
+/// Scheduled operations an organization may have waiting (SPEC 10).
+const MAX_SCHEDULED_PER_ORG: i64 = 1_000;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v2/bulk/import/schedule",
+            post(schedule_import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/v2/bulk/export/schedule", post(schedule_export))
+        .route("/api/v2/bulk/update/schedule", post(schedule_update))
+        .route("/api/v2/bulk/delete/schedule", post(schedule_delete))
+        .route("/api/v2/bulk/import/rollback/{id}", post(rollback_import))
+        .route("/api/v2/bulk/update/rollback/{id}", post(rollback_update))
+        .route("/api/v2/bulk/delete/rollback/{id}", post(rollback_delete))
+}
+
+/// Options every scheduling request has.
+struct Common {
+    scheduled_at: DateTime<Utc>,
+    timezone: String,
+    email_notification: bool,
+    depends_on: Vec<Uuid>,
+    dry_run: bool,
+}
+
+const COMMON_FIELDS: [&str; 5] = [
+    "scheduled_at",
+    "timezone",
+    "email_notification",
+    "depends_on",
+    "dry_run",
+];
+
+fn bool_option(
+    body: &Map<String, Value>,
+    key: &str,
+    default: bool,
+    errors: &mut Vec<FieldError>,
+) -> bool {
+    match body.get(key) {
+        None | Some(Value::Null) => default,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            errors.push(FieldError::new(
+                key,
+                "invalid_type",
+                "must be true or false",
+            ));
+            default
+        }
+    }
+}
+
+fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Common {
+    let at = now();
+    let scheduled_at = match body.get("scheduled_at") {
+        None | Some(Value::Null) => at,
+        Some(Value::String(text)) => match DateTime::parse_from_rfc3339(text) {
+            Ok(t) => {
+                let t = crate::domain::truncate_micros(t.with_timezone(&Utc));
+                if t < at - chrono::Duration::seconds(60) {
+                    errors.push(FieldError::new(
+                        "scheduled_at",
+                        "in_past",
+                        "is more than 60 seconds in the past",
+                    ));
+                } else if t > at + chrono::Duration::days(366) {
+                    errors.push(FieldError::new(
+                        "scheduled_at",
+                        "too_far",
+                        "is more than 366 days ahead",
+                    ));
+                }
+                t.max(at)
+            }
+            Err(_) => {
+                errors.push(FieldError::new(
+                    "scheduled_at",
+                    "invalid_timestamp",
+                    "must be RFC 3339 with an offset, such as 2026-12-01T02:00:00+03:00",
+                ));
+                at
+            }
+        },
+        Some(_) => {
+            errors.push(FieldError::new(
+                "scheduled_at",
+                "invalid_type",
+                "must be a string",
+            ));
+            at
+        }
+    };
+    let timezone = match body.get("timezone") {
+        None | Some(Value::Null) => "UTC".to_string(),
+        Some(Value::String(tz)) if tz.parse::<chrono_tz::Tz>().is_ok() => tz.clone(),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "timezone",
+                "invalid_timezone",
+                "must be an IANA time zone such as Africa/Nairobi",
+            ));
+            "UTC".to_string()
+        }
+    };
+    let depends_on = match body.get("depends_on") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|i| match i.as_str().map(Uuid::parse_str) {
+                Some(Ok(id)) => Some(id),
+                _ => {
+                    errors.push(FieldError::new(
+                        "depends_on",
+                        "invalid_id",
+                        "must be a list of operation ids",
+                    ));
+                    None
+                }
+            })
+            .collect(),
+        Some(_) => {
+            errors.push(FieldError::new(
+                "depends_on",
+                "invalid_type",
+                "must be a list of operation ids",
+            ));
+            Vec::new()
+        }
+    };
+    Common {
+        scheduled_at,
+        timezone,
+        email_notification: bool_option(body, "email_notification", true, errors),
+        depends_on,
+        dry_run: bool_option(body, "dry_run", false, errors),
+    }
+}
+
+fn reject_unknown(body: &Map<String, Value>, allowed: &[&str], errors: &mut Vec<FieldError>) {
+    for key in body.keys() {
+        if !COMMON_FIELDS.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+            errors.push(FieldError::new(
+                key,
+                "unknown_field",
+                "is not an option of this operation",
+            ));
+        }
+    }
+}
+
+fn parse_targets(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Targets> {
+    match (body.get("patient_ids"), body.get("filters")) {
+        (Some(ids), None) => match ids.as_array() {
+            Some(items) if !items.is_empty() => {
+                let parsed: Option<Vec<Uuid>> = items
+                    .iter()
+                    .map(|i| i.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                    .collect();
+                match parsed {
+                    Some(ids) => Some(Targets::PatientIds(ids)),
+                    None => {
+                        errors.push(FieldError::new(
+                            "patient_ids",
+                            "invalid_id",
+                            "must be a list of patient ids",
+                        ));
+                        None
+                    }
+                }
+            }
+            _ => {
+                errors.push(FieldError::new(
+                    "patient_ids",
+                    "invalid_type",
+                    "must be a non-empty list of patient ids",
+                ));
+                None
+            }
+        },
+        (None, Some(filters)) => match PatientFilters::from_json(filters, "filters") {
+            Ok(f) => Some(Targets::Filters(f)),
+            Err(e) => {
+                errors.extend(e);
+                None
+            }
+        },
+        _ => {
+            errors.push(FieldError::new(
+                "patient_ids",
+                "required",
+                "give exactly one of patient_ids or filters to say which patients",
+            ));
+            None
+        }
+    }
+}
+
+/// Checks the `changes` of an update with each field's own rule.
+fn parse_changes(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Map<String, Value> {
+    let mut changes = match (body.get("changes"), body.get("field")) {
+        (Some(Value::Object(c)), None) => c.clone(),
+        (None, Some(Value::String(field))) => {
+            let mut m = Map::new();
+            m.insert(
+                field.clone(),
+                body.get("value").cloned().unwrap_or(Value::Null),
+            );
+            m
+        }
+        _ => {
+            errors.push(FieldError::new(
+                "changes",
+                "required",
+                "give `changes` (an object of field: new value) or the pair `field` and `value`",
+            ));
+            return Map::new();
+        }
+    };
+    if changes.is_empty() {
+        errors.push(FieldError::new(
+            "changes",
+            "required",
+            "must change at least one field",
+        ));
+    }
+    let today = Utc::now().date_naive();
+    let mut probe = PatientFields::new_draft();
+    for (field, value) in changes.iter_mut() {
+        let name = format!("changes.{field}");
+        if SYSTEM_FIELDS.contains(&field.as_str()) {
+            errors.push(FieldError::new(
+                &name,
+                "read_only",
+                "is a system field and cannot be changed",
+            ));
+            continue;
+        }
+        if matches!(field.as_str(), "given_name" | "family_name" | "gender") && value.is_null() {
+            errors.push(FieldError::new(&name, "required", "cannot be cleared"));
+            continue;
+        }
+        let checked = RawValue::from_json(value)
+            .map_err(|m| FieldError::new(&name, "invalid_type", m))
+            .and_then(|raw| {
+                probe
+                    .set(field, raw, DateFormat::Iso, today)
+                    .map_err(|mut e| {
+                        e.field = name.clone();
+                        e
+                    })
+            });
+        match checked {
+            // Store the normalised value (`F` becomes `female`).
+            Ok(()) => *value = probe.get_json(field).unwrap_or(Value::Null),
+            Err(e) => errors.push(e),
+        }
+    }
+    changes
+}
+
+/// Saves the operation and answers 201 with it.
+async fn accept(
+    state: &AppState,
+    caller: &AuthUser,
+    headers: &HeaderMap,
+    op_type: OperationType,
+    common: Common,
+    params: Parameters,
+    id: Uuid,
+) -> AppResult<Response> {
+    for dep in &common.depends_on {
+        if state
+            .store
+            .get_operation(caller.org(), *dep)
+            .await?
+            .is_none()
+        {
+            return Err(AppError::invalid_field(
+                "depends_on",
+                "unknown_operation",
+                &format!("no operation {dep} exists in your organization"),
+            ));
+        }
+    }
+    let sealed = state.engine.keyring.seal(
+        &serde_json::to_vec(&params).map_err(|e| AppError::Internal(e.into()))?,
+        &crate::engine::parameters_aad(id),
+    );
+    let at = now();
+    let op = Operation {
+        id,
+        op_type,
+        status: Status::Scheduled,
+        user_id: caller.user.id,
+        organization_id: caller.org(),
+        scheduled_at: common.scheduled_at,
+        started_at: None,
+        completed_at: None,
+        created_at: at,
+        parameters: sealed,
+        parameters_key_id: state.engine.keyring.active_key_id(),
+        result: None,
+        error_message: None,
+        timezone: common.timezone,
+        email_notification: common.email_notification,
+        dry_run: common.dry_run,
+        schedule_id: None,
+        target_operation_id: match &params {
+            Parameters::Rollback {
+                target_operation_id,
+                ..
+            } => Some(*target_operation_id),
+            _ => None,
+        },
+        idempotency_key: idempotency_key(headers),
+        attempt: 0,
+        lease_expires_at: None,
+        next_attempt_at: None,
+        cancel_requested: false,
+        progress_processed: 0,
+        progress_total: None,
+        progress_cursor: None,
+        depends_on: common.depends_on,
+    };
+    let audit = caller.actor().entry(
+        "operation.schedule",
+        "bulk_operation",
+        Some(id.to_string()),
+        "success",
+        json!({"type": op_type.as_str(), "dry_run": op.dry_run, "scheduled_at": crate::domain::rfc3339(&op.scheduled_at)}),
+    );
+    let mut audit = audit;
+    audit.operation_id = Some(id);
+    state.store.insert_operation(&op, audit).await?;
+    state.engine.wake();
+    let status = if op_type == OperationType::Rollback {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(created(status, &op))
+}
+
+fn created(status: StatusCode, op: &Operation) -> Response {
+    let location = format!("/api/v2/bulk-operations/{}/status", op.id);
+    (status, [(header::LOCATION, location)], Json(op.to_json())).into_response()
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().chars().take(200).collect::<String>())
+        .filter(|s| !s.is_empty())
+}
+
+/// The earlier operation for a repeated `Idempotency-Key`, and the scheduling limits.
+async fn preflight(
+    state: &AppState,
+    caller: &AuthUser,
+    headers: &HeaderMap,
+) -> AppResult<Option<Response>> {
+    if let Some(key) = idempotency_key(headers) {
+        if let Some(op) = state
+            .store
+            .find_by_idempotency_key(caller.user.id, &key)
+            .await?
+        {
+            if op.created_at > now() - chrono::Duration::hours(24) {
+                return Ok(Some(created(StatusCode::CREATED, &op)));
+            }
+            state.store.clear_idempotency_key(op.id).await?;
+        }
+    }
+    if state.store.count_scheduled(caller.org()).await? >= MAX_SCHEDULED_PER_ORG {
+        return Err(AppError::TooManyRequests {
+            message: format!("your organization has {MAX_SCHEDULED_PER_ORG} operations waiting; wait for some to run"),
+            retry_after_secs: 60,
+        });
+    }
+    Ok(None)
+}
+
+fn fail_if(errors: Vec<FieldError>) -> AppResult<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(AppError::invalid(errors))
+    }
+}
+
+async fn schedule_export(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkExport>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
+    let mut errors = Vec::new();
+    reject_unknown(
+        &body,
+        &["format", "fields", "filters", "include_deleted"],
+        &mut errors,
+    );
+    let common = parse_common(&body, &mut errors);
+    let format = match body.get("format") {
+        None | Some(Value::Null) => ExportFormat::Csv,
+        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                "format",
+                "invalid_enum",
+                "must be one of csv, json, ndjson, xlsx",
+            ));
+            ExportFormat::Csv
+        }),
+    };
+    let fields: Vec<String> = match body.get("fields") {
+        None | Some(Value::Null) => DEFAULT_EXPORT_FIELDS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
+            errors.push(FieldError::new(
+                "fields",
+                "invalid_type",
+                "must be a list of field names",
+            ));
+            Vec::new()
+        }),
+    };
+    if let Err(e) = check_fields(&fields) {
+        errors.extend(e);
+    }
+    let filters = match body.get("filters") {
+        None | Some(Value::Null) => PatientFilters::default(),
+        Some(v) => PatientFilters::from_json(v, "filters").unwrap_or_else(|e| {
+            errors.extend(e);
+            PatientFilters::default()
+        }),
+    };
+    let include_deleted = bool_option(&body, "include_deleted", false, &mut errors);
+    fail_if(errors)?;
+    let params = Parameters::Export {
+        format,
+        fields,
+        filters,
+        include_deleted,
+    };
+    accept(
+        &state,
+        &caller,
+        &headers,
+        OperationType::Export,
+        common,
+        params,
+        new_id(),
+    )
+    .await
+}
+
+async fn schedule_update(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkUpdate>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
+    let mut errors = Vec::new();
+    reject_unknown(
+        &body,
+        &[
+            "patient_ids",
+            "filters",
+            "changes",
+            "field",
+            "value",
+            "create_backup",
+            "confirm",
+        ],
+        &mut errors,
+    );
+    let common = parse_common(&body, &mut errors);
+    let targets = parse_targets(&body, &mut errors);
+    let changes = parse_changes(&body, &mut errors);
+    let create_backup = bool_option(&body, "create_backup", true, &mut errors);
+    if !create_backup && !bool_option(&body, "confirm", false, &mut errors) {
+        errors.push(FieldError::new(
+            "confirm",
+            "required",
+            "must be true to update without a backup: such an update cannot be rolled back",
+        ));
+    }
+    fail_if(errors)?;
+    let Some(targets) = targets else {
+        return Err(AppError::BadRequest("targets missing".into()));
+    };
+    let params = Parameters::Update {
+        targets,
+        changes,
+        create_backup,
+    };
+    accept(
+        &state,
+        &caller,
+        &headers,
+        OperationType::Update,
+        common,
+        params,
+        new_id(),
+    )
+    .await
+}
+
+async fn schedule_delete(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkDelete>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
+    let mut errors = Vec::new();
+    reject_unknown(&body, &["patient_ids", "filters", "confirm"], &mut errors);
+    let common = parse_common(&body, &mut errors);
+    let targets = parse_targets(&body, &mut errors);
+    if !bool_option(&body, "confirm", false, &mut errors) {
+        errors.push(FieldError::new(
+            "confirm",
+            "required",
+            "must be true to delete patients",
+        ));
+    }
+    fail_if(errors)?;
+    let Some(targets) = targets else {
+        return Err(AppError::BadRequest("targets missing".into()));
+    };
+    accept(
+        &state,
+        &caller,
+        &headers,
+        OperationType::Delete,
+        common,
+        Parameters::Delete { targets },
+        new_id(),
+    )
+    .await
+}
+
+/// Options of an import, from JSON or from multipart text parts.
+const IMPORT_FIELDS: [&str; 6] = [
+    "field_mapping",
+    "mode",
+    "on_error",
+    "date_format",
+    "csv_data",
+    "file_name",
+];
+
+async fn schedule_import(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkImport>,
+    headers: HeaderMap,
+    request: Request,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
+    let id = new_id();
+    let blob = BlobStore::upload_name(id);
+    let stored = receive_upload(&state, request, &headers, &blob).await;
+    let result = match stored {
+        Ok(body) => validate_import(&state, &caller, &headers, body, &blob, id).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        state.engine.blobs.remove(&blob);
+    }
+    result
+}
+
+async fn validate_import(
+    state: &AppState,
+    caller: &AuthUser,
+    headers: &HeaderMap,
+    mut body: Map<String, Value>,
+    blob: &str,
+    id: Uuid,
+) -> AppResult<Response> {
+    let mut errors = Vec::new();
+    body.remove("csv_data");
+    reject_unknown(&body, &IMPORT_FIELDS, &mut errors);
+    let common = parse_common(&body, &mut errors);
+    let mut enum_option = |key: &str, allowed: &str| -> Option<Value> {
+        match body.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let ok = v
+                    .as_str()
+                    .is_some_and(|s| allowed.split(", ").any(|a| a == s));
+                if !ok {
+                    errors.push(FieldError::new(
+                        key,
+                        "invalid_enum",
+                        &format!("must be one of {allowed}"),
+                    ));
+                }
+                ok.then(|| v.clone())
+            }
+        }
+    };
+    let mode: ImportMode = enum_option("mode", "create, upsert, skip_existing")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let on_error: OnError = enum_option("on_error", "skip, abort")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let date_format: DateFormat = enum_option("date_format", "YYYY-MM-DD, DD/MM/YYYY, MM/DD/YYYY")
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let field_mapping: Option<BTreeMap<String, String>> = match body.get("field_mapping") {
+        None | Some(Value::Null) => None,
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                errors.push(FieldError::new(
+                    "field_mapping",
+                    "invalid_type",
+                    "must be an object of CSV column: patient field",
+                ));
+                None
+            }
+        },
+    };
+    let file_name = body
+        .get("file_name")
+        .and_then(Value::as_str)
+        .unwrap_or("import.csv")
+        .chars()
+        .take(200)
+        .collect::<String>();
+    // The header is checked now: a file that cannot be imported is refused at once.
+    if errors.is_empty() {
+        errors.extend(check_header(state, blob, field_mapping.as_ref()).await?);
+    }
+    fail_if(errors)?;
+    let params = Parameters::Import {
+        blob: blob.to_string(),
+        file_name,
+        field_mapping,
+        mode,
+        on_error,
+        date_format,
+    };
+    accept(
+        state,
+        caller,
+        headers,
+        OperationType::Import,
+        common,
+        params,
+        id,
+    )
+    .await
+}
+
+async fn check_header(
+    state: &AppState,
+    blob: &str,
+    mapping: Option<&BTreeMap<String, String>>,
+) -> AppResult<Vec<FieldError>> {
+    let path = state.engine.blobs.path(blob);
+    let keyring = state.engine.keyring.clone();
+    let aad = BlobStore::aad(blob);
+    let mapping = mapping.cloned();
+    tokio::task::spawn_blocking(move || -> std::io::Result<Vec<FieldError>> {
+        let file = std::io::BufReader::new(std::fs::File::open(path)?);
+        let reader = match crate::formats::csv_import::open(keyring.decrypted_reader(file, &aad)) {
+            Ok(r) => r,
+            Err(e) => return Ok(vec![e.to_field_error()]),
+        };
+        Ok(
+            crate::formats::csv_import::plan_columns(reader.header(), mapping.as_ref())
+                .err()
+                .unwrap_or_default(),
+        )
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.into()))?
+    .map_err(|e| AppError::Internal(e.into()))
+}
+
+/// Streams the CSV (multipart part `file`, or JSON `csv_data`) into an encrypted blob,
+/// checking size and UTF-8 on the way; returns the other options as JSON.
+async fn receive_upload(
+    state: &AppState,
+    request: Request,
+    headers: &HeaderMap,
+    blob: &str,
+) -> AppResult<Map<String, Value>> {
+    let limit = state.config.max_upload_bytes;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let path = state.engine.blobs.path(blob);
+    let mut file = AsyncEncryptedFile::create(&state.engine.keyring, &path, &BlobStore::aad(blob))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    let mut utf8 = Utf8Check::default();
+    let mut size: u64 = 0;
+    let mut options = Map::new();
+    let mut got_file = false;
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = axum::extract::Multipart::from_request(request, &())
+            .await
+            .map_err(|e| {
+                AppError::BadRequest(format!(
+                    "the multipart body is malformed: {}",
+                    e.body_text()
+                ))
+            })?;
+        while let Some(mut part) = multipart.next_field().await.map_err(|e| {
+            AppError::BadRequest(format!(
+                "the multipart body is malformed: {}",
+                e.body_text()
+            ))
+        })? {
+            let name = part.name().unwrap_or("").to_string();
+            if name == "file" {
+                got_file = true;
+                if let Some(f) = part.file_name() {
+                    options.insert("file_name".into(), Value::String(f.to_string()));
+                }
+                while let Some(bytes) = part
+                    .chunk()
+                    .await
+                    .map_err(|e| upload_error(e.status(), e.body_text(), limit))?
+                {
+                    size += bytes.len() as u64;
+                    if size > limit {
+                        return Err(AppError::PayloadTooLarge(limit));
+                    }
+                    utf8.push(&bytes)?;
+                    file.write(&bytes)
+                        .await
+                        .map_err(|e| AppError::Internal(e.into()))?;
+                }
+            } else {
+                let text = part
+                    .text()
+                    .await
+                    .map_err(|e| upload_error(e.status(), e.body_text(), limit))?;
+                options.insert(name.clone(), multipart_value(&name, &text)?);
+            }
+        }
+    } else {
+        let bytes = axum::body::to_bytes(
+            Body::new(request.into_body()),
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        )
+        .await
+        .map_err(|_| AppError::PayloadTooLarge(limit))?;
+        let body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| {
+            AppError::BadRequest(
+                "send multipart/form-data with a `file` part, or JSON with `csv_data`".into(),
+            )
+        })?;
+        if let Some(Value::String(csv)) = body.get("csv_data") {
+            got_file = true;
+            file.write(csv.as_bytes())
+                .await
+                .map_err(|e| AppError::Internal(e.into()))?;
+        }
+        options = body;
+    }
+    utf8.finish()?;
+    if !got_file {
+        return Err(AppError::invalid_field(
+            "file",
+            "required",
+            "attach the CSV as the part `file` (or give `csv_data`)",
+        ));
+    }
+    file.finish()
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    Ok(options)
+}
+
+fn upload_error(status: StatusCode, text: String, limit: u64) -> AppError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        AppError::PayloadTooLarge(limit)
+    } else {
+        AppError::BadRequest(format!("the upload failed: {text}"))
+    }
+}
+
+/// Multipart options are text: booleans, and JSON for objects and lists (SPEC 10).
+fn multipart_value(name: &str, text: &str) -> AppResult<Value> {
+    let text = text.trim();
+    Ok(match name {
+        "dry_run" | "email_notification" => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => {
+                return Err(AppError::invalid_field(
+                    name,
+                    "invalid_type",
+                    "must be true or false",
+                ))
+            }
+        },
+        "field_mapping" => serde_json::from_str(text)
+            .map_err(|_| AppError::invalid_field(name, "invalid_type", "must be a JSON object"))?,
+        "depends_on" if text.starts_with('[') => serde_json::from_str(text).map_err(|_| {
+            AppError::invalid_field(
+                name,
+                "invalid_type",
+                "must be a JSON list or comma-separated ids",
+            )
+        })?,
+        "depends_on" => Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_string()))
+                .collect(),
+        ),
+        _ => Value::String(text.to_string()),
+    })
+}
+
+/// Checks that a byte stream is UTF-8, chunk by chunk (a character may straddle chunks).
+#[derive(Default)]
+struct Utf8Check {
+    carry: Vec<u8>,
+    lines: u64,
+}
+
+impl Utf8Check {
+    fn push(&mut self, bytes: &[u8]) -> AppResult<()> {
+        let mut buf = std::mem::take(&mut self.carry);
+        buf.extend_from_slice(bytes);
+        match std::str::from_utf8(&buf) {
+            Ok(_) => {}
+            Err(e) if e.error_len().is_none() => self.carry = buf[e.valid_up_to()..].to_vec(),
+            Err(e) => {
+                let line = self.lines
+                    + 1
+                    + buf[..e.valid_up_to()]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count() as u64;
+                return Err(AppError::invalid_field(
+                    "file",
+                    "not_utf8",
+                    &format!("the file is not UTF-8 text (line {line}); save it as \"CSV UTF-8\""),
+                ));
+            }
+        }
+        self.lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        Ok(())
+    }
+
+    fn finish(&self) -> AppResult<()> {
+        if self.carry.is_empty() {
+            Ok(())
+        } else {
+            Err(AppError::invalid_field(
+                "file",
+                "not_utf8",
+                "the file is not UTF-8 text (it ends inside a character)",
+            ))
+        }
+    }
+}
+
+async fn rollback(
+    state: AppState,
+    caller: AuthUser,
+    headers: HeaderMap,
+    target_id: Uuid,
+    expected: OperationType,
+    body: Option<Map<String, Value>>,
+) -> AppResult<Response> {
+    let target = state
+        .store
+        .get_operation(caller.org(), target_id)
+        .await?
+        .filter(|op| op.op_type == expected)
+        .ok_or(AppError::NotFound("operation"))?;
+    let force = body
+        .as_ref()
+        .and_then(|b| b.get("force"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let conflict = |m: &str| Err(AppError::Conflict(m.to_string()));
+    match target.status {
+        Status::Completed => {}
+        Status::RolledBack => return conflict("this operation was already rolled back"),
+        _ => {
+            return conflict(
+                "only a completed operation can be rolled back; this one did not complete",
+            )
+        }
+    }
+    if target.dry_run {
+        return conflict("a dry run changed nothing, so there is nothing to roll back");
+    }
+    let completed = target.completed_at.unwrap_or(target.created_at);
+    let window = match expected {
+        OperationType::Import => state.config.import_rollback_window,
+        _ => state.config.backup_retention,
+    };
+    if now() - completed > chrono::Duration::from_std(window).unwrap_or(chrono::Duration::hours(24))
+    {
+        return conflict("the rollback window of this operation has passed");
+    }
+    let pending = state
+        .store
+        .list_operations(
+            caller.org(),
+            None,
+            Some(OperationType::Rollback),
+            &crate::store::Page {
+                after: None,
+                limit: 200,
+            },
+        )
+        .await?
+        .into_iter()
+        .any(|op| op.target_operation_id == Some(target_id) && !op.status.is_final());
+    if pending {
+        return conflict("a rollback of this operation is already scheduled or running");
+    }
+    if expected == OperationType::Update {
+        let params: Parameters = state
+            .engine
+            .keyring
+            .open(
+                &target.parameters,
+                &crate::engine::parameters_aad(target.id),
+            )
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or_else(|| {
+                AppError::Internal(anyhow::anyhow!("parameters of {target_id} unreadable"))
+            })?;
+        if matches!(
+            params,
+            Parameters::Update {
+                create_backup: false,
+                ..
+            }
+        ) {
+            return conflict("this update ran without a backup, so it cannot be rolled back");
+        }
+    }
+    let common = Common {
+        scheduled_at: now(),
+        timezone: target.timezone.clone(),
+        email_notification: target.email_notification,
+        depends_on: Vec::new(),
+        dry_run: false,
+    };
+    let params = Parameters::Rollback {
+        target_operation_id: target_id,
+        force,
+    };
+    accept(
+        &state,
+        &caller,
+        &headers,
+        OperationType::Rollback,
+        common,
+        params,
+        new_id(),
+    )
+    .await
+}
+
+/// An optional JSON body (`{"force": true}`); an empty body means no options.
+async fn optional_body(request: Request) -> AppResult<Option<Map<String, Value>>> {
+    let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024)
+        .await
+        .map_err(|_| AppError::BadRequest("the body is too large".into()))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| {
+        AppError::BadRequest("the body must be a JSON object such as {\"force\": true}".into())
+    })
+}
+
+macro_rules! rollback_handler {
+    ($name:ident, $kind:expr) => {
+        async fn $name(
+            State(state): State<AppState>,
+            Require(caller, ..): Require<perm::BulkRollback>,
+            PathId(id): PathId,
+            headers: HeaderMap,
+            request: Request,
+        ) -> AppResult<Response> {
+            let body = optional_body(request).await?;
+            rollback(state, caller, headers, id, $kind, body).await
+        }
+    };
+}
+
+rollback_handler!(rollback_import, OperationType::Import);
+rollback_handler!(rollback_update, OperationType::Update);
+rollback_handler!(rollback_delete, OperationType::Delete);

@@ -1,0 +1,232 @@
+//! The monitoring endpoints of SPEC 4.3: lists, status, cancel, error report, download.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::error::{AppError, AppResult};
+use super::extract::{perm, PathId, Require};
+use super::{page_from_query, AppState};
+use crate::blobs::BlobStore;
+use crate::domain::now;
+use crate::domain::operation::{Operation, OperationType, Status};
+use crate::domain::permission::Permission;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v2/bulk-operations", get(list))
+        .route("/api/v2/bulk-operations/scheduled", get(scheduled))
+        .route("/api/v2/bulk-operations/{id}/status", get(status))
+        .route("/api/v2/bulk-operations/{id}/cancel", post(cancel))
+        .route("/api/v2/bulk-operations/{id}/errors", get(errors))
+        .route("/api/v2/bulk-operations/{id}/download", get(download))
+}
+
+fn operations_json(ops: &[Operation]) -> Vec<Value> {
+    ops.iter().map(Operation::to_json).collect()
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> AppResult<Json<Value>> {
+    let page = page_from_query(&query)?;
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            AppError::invalid_field(
+                "status",
+                "invalid_enum",
+                "must be scheduled, processing, completed, failed, cancelled or rolled_back",
+            )
+        })?),
+    };
+    let op_type = match query.get("type") {
+        None => None,
+        Some(t) => Some(OperationType::parse(t).ok_or_else(|| {
+            AppError::invalid_field(
+                "type",
+                "invalid_enum",
+                "must be import, export, update, delete or rollback",
+            )
+        })?),
+    };
+    let ops = state
+        .store
+        .list_operations(caller.org(), status, op_type, &page)
+        .await?;
+    let next_cursor = (ops.len() as i64 == page.limit)
+        .then(|| ops.last().map(|o| o.id.to_string()))
+        .flatten();
+    Ok(Json(
+        json!({"operations": operations_json(&ops), "next_cursor": next_cursor}),
+    ))
+}
+
+async fn scheduled(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+) -> AppResult<Json<Value>> {
+    let ops = state.store.list_scheduled(caller.org()).await?;
+    Ok(Json(json!({"operations": operations_json(&ops)})))
+}
+
+async fn find(state: &AppState, org: uuid::Uuid, id: uuid::Uuid) -> AppResult<Operation> {
+    state
+        .store
+        .get_operation(org, id)
+        .await?
+        .ok_or(AppError::NotFound("operation"))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    PathId(id): PathId,
+) -> AppResult<Json<Value>> {
+    Ok(Json(find(&state, caller.org(), id).await?.to_json()))
+}
+
+/// Anyone may cancel their own operation; cancelling others' needs `bulk.cancel`.
+async fn cancel(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    PathId(id): PathId,
+) -> AppResult<Json<Value>> {
+    let op = find(&state, caller.org(), id).await?;
+    if op.user_id != caller.user.id && !caller.user.role.has(Permission::BulkCancel) {
+        let entry = caller.actor().entry(
+            "permission.denied",
+            "bulk_operation",
+            Some(id.to_string()),
+            "denied",
+            json!({"permission": "bulk.cancel"}),
+        );
+        state.store.append_audit(entry).await?;
+        return Err(AppError::Forbidden("bulk.cancel"));
+    }
+    if op.status.is_final() {
+        return Err(AppError::Conflict(format!(
+            "the operation has already ended ({}); only scheduled or running operations can be cancelled",
+            op.status.as_str()
+        )));
+    }
+    let mut audit = caller.actor().entry(
+        "operation.cancel",
+        "bulk_operation",
+        Some(id.to_string()),
+        "success",
+        json!({"requested_while": op.status.as_str()}),
+    );
+    audit.operation_id = Some(id);
+    let op = state
+        .store
+        .request_cancel(caller.org(), id, now(), audit)
+        .await?
+        .ok_or(AppError::NotFound("operation"))?;
+    state.engine.wake();
+    Ok(Json(op.to_json()))
+}
+
+async fn errors(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    PathId(id): PathId,
+    headers: HeaderMap,
+) -> AppResult<Response> {
+    let op = find(&state, caller.org(), id).await?;
+    let rows = state.store.row_errors(op.id, 1_000_000).await?;
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    if wants_csv {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        let write = |out: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
+            out.write_record(["row", "column", "code", "message"])?;
+            for e in &rows {
+                out.write_record([e.row.to_string().as_str(), &e.column, &e.code, &e.message])?;
+            }
+            out.flush()?;
+            Ok(())
+        };
+        write(&mut out).map_err(|e| AppError::Internal(e.into()))?;
+        let bytes = out
+            .into_inner()
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("{e}")))?;
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"haven-errors-{id}.csv\""),
+                ),
+            ],
+            bytes,
+        )
+            .into_response());
+    }
+    Ok(Json(json!({"errors": rows})).into_response())
+}
+
+async fn download(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkExport>,
+    PathId(id): PathId,
+) -> AppResult<Response> {
+    let op = find(&state, caller.org(), id).await?;
+    let (blob, expires_at) = state
+        .store
+        .output_blob(caller.org(), id)
+        .await?
+        .ok_or(AppError::NotFound("export file"))?;
+    if expires_at < now() {
+        return Err(AppError::NotFound("export file"));
+    }
+    let file = tokio::fs::File::open(state.engine.blobs.path(&blob))
+        .await
+        .map_err(|_| AppError::NotFound("export file"))?;
+    let format = op
+        .result
+        .as_ref()
+        .and_then(|r| r.get("format"))
+        .and_then(|f| {
+            serde_json::from_value::<crate::formats::export::ExportFormat>(f.clone()).ok()
+        })
+        .unwrap_or_default();
+    let mut audit = caller.actor().entry(
+        "operation.download",
+        "bulk_operation",
+        Some(id.to_string()),
+        "success",
+        json!({"format": format.as_str()}),
+    );
+    audit.operation_id = Some(id);
+    state.store.audit_operation(audit).await?;
+    let stream = state
+        .engine
+        .keyring
+        .decrypt_file_stream(file, BlobStore::aad(&blob));
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.content_type().to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!(
+                    "attachment; filename=\"haven-export-{id}.{}\"",
+                    format.extension()
+                ),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
