@@ -52,9 +52,7 @@ dual_test!(
             json!(["fr", "rw", "sw"])
         );
         let tagged = app
-            .count(&format!(
-                "SELECT COUNT(*) FROM patients WHERE import_operation_id IS NOT NULL"
-            ))
+            .count("SELECT COUNT(*) FROM patients WHERE import_operation_id IS NOT NULL")
             .await;
         assert_eq!(tagged, 8, "every created patient carries its operation");
     }

@@ -64,7 +64,9 @@ CREATE TABLE patients (
     deleted_at TEXT,
     import_operation_id BLOB
 );
-CREATE UNIQUE INDEX patients_unhcr_unique ON patients (organization_id, unhcr_number)
+-- The number leads, so that a lookup of a chunk's numbers is an index condition in
+-- every plan (org first let PostgreSQL's generic plan scan the whole organization).
+CREATE UNIQUE INDEX patients_unhcr_unique ON patients (unhcr_number, organization_id)
     WHERE deleted_at IS NULL AND unhcr_number IS NOT NULL;
 CREATE INDEX patients_org_id ON patients (organization_id, id);
 CREATE INDEX patients_import ON patients (import_operation_id) WHERE import_operation_id IS NOT NULL;

@@ -89,6 +89,12 @@ impl From<StoreError> for RunError {
     fn from(err: StoreError) -> Self {
         match &err {
             StoreError::Database(e) if is_transient(e) => RunError::Transient(err.into()),
+            StoreError::Duplicate(field) => RunError::Failed {
+                message: format!(
+                    "the change would give two patients of the organization the same {field}"
+                ),
+                result: None,
+            },
             StoreError::Corrupt(_) => RunError::Failed {
                 message: "stored data could not be read".into(),
                 result: None,

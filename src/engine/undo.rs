@@ -51,6 +51,15 @@ pub struct UndoCursor {
     pub removed: i64,
     pub restored: i64,
     pub conflicts: Vec<Conflict>,
+    /// Patients to look at (created plus backed up), counted when the undo starts.
+    #[serde(default)]
+    pub total: Option<i64>,
+}
+
+impl UndoCursor {
+    fn processed(&self) -> i64 {
+        self.removed + self.restored + self.conflicts.len() as i64
+    }
 }
 
 impl UndoCursor {
@@ -81,6 +90,21 @@ pub async fn undo_operation(
     let store = &run.engine.store;
     let org = run.op.organization_id;
     let no_filters = PatientFilters::default();
+    if state.total.is_none() {
+        let created = store
+            .count_patients(PatientScan {
+                org,
+                filters: &no_filters,
+                include_deleted: true,
+                imported_by: Some(target),
+                page: Page {
+                    after: None,
+                    limit: 0,
+                },
+            })
+            .await?;
+        state.total = Some(created + store.count_backups(target).await?);
+    }
     while state.phase == Phase::Remove {
         let page = store
             .scan_patients(PatientScan {
@@ -129,6 +153,7 @@ pub async fn undo_operation(
         let mut chunk = Chunk::default();
         let mut restored = 0;
         let mut conflicts = Vec::new();
+        let mut images = Vec::new();
         for backup in &backups {
             let Some(patient) = current.iter().find(|p| p.id == backup.patient_id) else {
                 conflicts.push(Conflict {
@@ -157,6 +182,28 @@ pub async fn undo_operation(
                     message: "a backup is unreadable".into(),
                     result: None,
                 })?;
+            images.push((patient, image));
+        }
+        // A restored UNHCR number may have been given to another patient since; the
+        // uniqueness rule wins over the restore, even with force.
+        let numbers: Vec<String> = images
+            .iter()
+            .filter_map(|(_, i)| i.fields.unhcr_number.clone())
+            .collect();
+        let holders = store.patients_by_unhcr(org, &numbers).await?;
+        for (patient, image) in images {
+            let taken = image.fields.unhcr_number.as_ref().is_some_and(|n| {
+                holders
+                    .iter()
+                    .any(|h| h.id != patient.id && h.fields.unhcr_number.as_ref() == Some(n))
+            });
+            if taken {
+                conflicts.push(Conflict {
+                    patient_id: patient.id,
+                    reason: "its unhcr_number now belongs to another patient".into(),
+                });
+                continue;
+            }
             chunk.writes.push(PatientWrite {
                 patient_id: patient.id,
                 expected_version: patient.version,
@@ -171,7 +218,8 @@ pub async fn undo_operation(
         next.restored += restored;
         next.conflicts.extend(conflicts);
         chunk.cursor = save(&next);
-        chunk.processed = run.op.progress_processed;
+        chunk.processed = next.processed();
+        chunk.total = next.total;
         match run.try_commit(chunk).await? {
             // Someone edited a patient between our read and write: read the page again.
             ChunkOutcome::Conflict(_) => continue,
@@ -188,7 +236,8 @@ async fn commit_undo_chunk(
     save: &(dyn Fn(&UndoCursor) -> String + Send + Sync),
 ) -> Result<(), RunError> {
     chunk.cursor = save(state);
-    chunk.processed = run.op.progress_processed;
+    chunk.processed = state.processed();
+    chunk.total = state.total;
     run.commit(chunk).await?;
     Ok(())
 }
@@ -209,6 +258,22 @@ pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Ou
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok())
         .unwrap_or_else(|| UndoCursor::new(Reason::Rollback));
+    if run.op.progress_cursor.is_none() {
+        // Checked again here, not only when the request came in: two rollbacks must
+        // never both restore.
+        let target_op = run
+            .engine
+            .store
+            .get_operation(run.op.organization_id, target)
+            .await?;
+        if target_op.map(|t| t.status) != Some(crate::domain::operation::Status::Completed) {
+            return Err(RunError::Failed {
+                message: "the target operation is no longer completed (already rolled back?)"
+                    .into(),
+                result: None,
+            });
+        }
+    }
     let save = |s: &UndoCursor| serde_json::to_string(s).unwrap_or_default();
     let done = undo_operation(run, target, force, state, &save).await?;
     run.engine

@@ -26,6 +26,10 @@ use crate::domain::operation::{
 use crate::domain::patient::{DateFormat, PatientFields, RawValue, SYSTEM_FIELDS};
 use crate::domain::{new_id, now, FieldError};
 use crate::formats::export::{check_fields, ExportFormat, DEFAULT_EXPORT_FIELDS};
+use crate::store::StoreError;
+
+/// The largest multipart option part (field_mapping is the biggest one).
+const MAX_OPTION_BYTES: usize = 256 * 1024;
 
 /// Scheduled operations an organization may have waiting (SPEC 10).
 const MAX_SCHEDULED_PER_ORG: i64 = 1_000;
@@ -158,6 +162,9 @@ fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Comm
             Vec::new()
         }
     };
+    let mut depends_on = depends_on;
+    let mut seen = std::collections::HashSet::new();
+    depends_on.retain(|id| seen.insert(*id));
     Common {
         scheduled_at,
         timezone,
@@ -362,7 +369,29 @@ async fn accept(
     );
     let mut audit = audit;
     audit.operation_id = Some(id);
-    state.store.insert_operation(&op, audit).await?;
+    match state.store.insert_operation(&op, audit).await {
+        Ok(()) => {}
+        // A simultaneous request with the same key won the race: answer with its operation.
+        Err(StoreError::Duplicate("idempotency_key")) => {
+            let key = op.idempotency_key.clone().unwrap_or_default();
+            if let Some(first) = state
+                .store
+                .find_by_idempotency_key(caller.user.id, &key)
+                .await?
+            {
+                return Ok(created(StatusCode::CREATED, &first));
+            }
+            return Err(AppError::Conflict(
+                "the Idempotency-Key is in use; retry".into(),
+            ));
+        }
+        Err(StoreError::Duplicate("rollback")) => {
+            return Err(AppError::Conflict(
+                "a rollback of this operation is already scheduled or running".into(),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
     state.engine.wake();
     let status = if op_type == OperationType::Rollback {
         StatusCode::ACCEPTED
@@ -517,6 +546,14 @@ async fn schedule_update(
     let common = parse_common(&body, &mut errors);
     let targets = parse_targets(&body, &mut errors);
     let changes = parse_changes(&body, &mut errors);
+    let single_patient = matches!(&targets, Some(Targets::PatientIds(ids)) if ids.len() == 1);
+    if changes.contains_key("unhcr_number") && !single_patient {
+        errors.push(FieldError::new(
+            "changes.unhcr_number",
+            "duplicate",
+            "is unique per patient: change it for one patient at a time (patient_ids with one id)",
+        ));
+    }
     let create_backup = bool_option(&body, "create_backup", true, &mut errors);
     if !create_backup && !bool_option(&body, "confirm", false, &mut errors) {
         errors.push(FieldError::new(
@@ -763,6 +800,13 @@ async fn receive_upload(
         })? {
             let name = part.name().unwrap_or("").to_string();
             if name == "file" {
+                if got_file {
+                    return Err(AppError::invalid_field(
+                        "file",
+                        "duplicate",
+                        "send one file per import",
+                    ));
+                }
                 got_file = true;
                 if let Some(f) = part.file_name() {
                     options.insert("file_name".into(), Value::String(f.to_string()));
@@ -782,10 +826,21 @@ async fn receive_upload(
                         .map_err(|e| AppError::Internal(e.into()))?;
                 }
             } else {
-                let text = part
-                    .text()
+                // Options are small; a huge text part is refused before it fills memory.
+                let mut text = Vec::new();
+                while let Some(bytes) = part
+                    .chunk()
                     .await
-                    .map_err(|e| upload_error(e.status(), e.body_text(), limit))?;
+                    .map_err(|e| upload_error(e.status(), e.body_text(), limit))?
+                {
+                    text.extend_from_slice(&bytes);
+                    if text.len() > MAX_OPTION_BYTES {
+                        return Err(AppError::PayloadTooLarge(MAX_OPTION_BYTES as u64));
+                    }
+                }
+                let text = String::from_utf8(text).map_err(|_| {
+                    AppError::invalid_field(&name, "not_utf8", "must be UTF-8 text")
+                })?;
                 options.insert(name.clone(), multipart_value(&name, &text)?);
             }
         }

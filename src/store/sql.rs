@@ -56,6 +56,9 @@ pub fn classify(err: sqlx::Error) -> super::StoreError {
             if text.contains("email") {
                 return super::StoreError::Duplicate("email");
             }
+            if text.contains("one_rollback") || text.contains("target_operation_id") {
+                return super::StoreError::Duplicate("rollback");
+            }
             if text.contains("idempotency") {
                 return super::StoreError::Duplicate("idempotency_key");
             }
