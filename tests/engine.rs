@@ -312,3 +312,87 @@ dual_test!(
         );
     }
 );
+
+dual_test!(
+    organizations_are_served_fairly_within_the_per_organization_limit,
+    |app: TestApp| async move {
+        // The background workers of the test app are not used: claims are made one by one.
+        let (org_a, token_a) = manager(&app).await;
+        let (org_b, token_b) = manager(&app).await;
+        let mut a_ops = Vec::new();
+        for _ in 0..5 {
+            let r = app.post_json(&token_a, "/api/v2/bulk/export/schedule", &json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})).await;
+            let op: Value = r.json().await.unwrap();
+            a_ops.push(op["id"].as_str().unwrap().to_string());
+        }
+        let r = app.post_json(&token_b, "/api/v2/bulk/export/schedule", &json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})).await;
+        let b_op: Value = r.json().await.unwrap();
+        let b_id = Uuid::parse_str(b_op["id"].as_str().unwrap()).unwrap();
+
+        let later = haven::domain::now() + chrono::Duration::hours(2);
+        let lease = later + chrono::Duration::minutes(5);
+        let claim = || app.store.claim_next("fairness-test", later, lease, 2);
+        let first = claim().await.unwrap().unwrap();
+        assert_eq!(first.organization_id, org_a, "the earliest operation first");
+        let second = claim().await.unwrap().unwrap();
+        assert_eq!(
+            (second.organization_id, second.id),
+            (org_b, b_id),
+            "B's only operation is not starved by A's five"
+        );
+        let third = claim().await.unwrap().unwrap();
+        assert_eq!(third.organization_id, org_a);
+        assert!(
+            claim().await.unwrap().is_none(),
+            "A already runs 2 (--max-per-org)"
+        );
+    }
+);
+
+async fn transient_failures_are_retried_then_fail_with_a_clear_message(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--workers", "0", "--max-attempts", "2"]).await;
+    let (_, token) = manager(&app).await;
+    let id = schedule(&app, &token, &big_csv(10)).await;
+    // The stored upload disappears (a lost disk); reading it fails as an I/O error.
+    std::fs::remove_file(app.dir.path().join(format!("blobs/uploads/{id}.csv.enc"))).unwrap();
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let op: Value = app
+        .get(&token, &format!("/api/v2/bulk-operations/{id}/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "scheduled", "retried later: {op}");
+    assert_eq!(op["attempt"], 1);
+    assert_eq!(
+        app.engine.run_once().await.unwrap(),
+        Ran::Empty,
+        "backing off"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let op: Value = app
+        .get(&token, &format!("/api/v2/bulk-operations/{id}/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "failed", "{op}");
+    assert!(
+        op["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{op}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_then_fail_with_a_clear_message_on_sqlite() {
+    transient_failures_are_retried_then_fail_with_a_clear_message(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_then_fail_with_a_clear_message_on_postgres() {
+    transient_failures_are_retried_then_fail_with_a_clear_message(Backend::Postgres).await;
+}

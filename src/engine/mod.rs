@@ -157,15 +157,13 @@ pub struct Run<'a> {
     pub engine: &'a Engine,
     pub op: Operation,
     lease_lost: Arc<AtomicBool>,
+    commits: std::sync::atomic::AtomicU64,
 }
 
 impl Run<'_> {
     /// Commits a chunk under the lease; `Ok(true)` when a cancel was requested.
     pub async fn commit(&self, chunk: Chunk) -> Result<bool, RunError> {
-        if self.lease_lost.load(Ordering::SeqCst) {
-            return Err(RunError::LeaseLost);
-        }
-        match self.engine.store.commit_chunk(&self.op, chunk).await? {
+        match self.try_commit(chunk).await? {
             ChunkOutcome::Committed { cancel_requested } => Ok(cancel_requested),
             ChunkOutcome::LeaseLost => Err(RunError::LeaseLost),
             ChunkOutcome::Conflict(_) => Err(RunError::Transient(anyhow::anyhow!(
@@ -179,7 +177,13 @@ impl Run<'_> {
         if self.lease_lost.load(Ordering::SeqCst) {
             return Err(RunError::LeaseLost);
         }
-        match self.engine.store.commit_chunk(&self.op, chunk).await? {
+        let outcome = self.engine.store.commit_chunk(&self.op, chunk).await?;
+        // After the 2nd chunk and every 20th, while the table changes under the plans.
+        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 2 || n % 20 == 0 {
+            self.engine.store.refresh_statistics().await?;
+        }
+        match outcome {
             ChunkOutcome::LeaseLost => Err(RunError::LeaseLost),
             other => Ok(other),
         }
@@ -390,6 +394,7 @@ impl Engine {
             engine: self,
             op: op.clone(),
             lease_lost,
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         let outcome = if op.attempt > self.settings.max_attempts {
             Err(RunError::Failed {

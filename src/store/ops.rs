@@ -173,6 +173,10 @@ pub trait OpsStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<Backup>>;
     async fn count_backups(&self, operation_id: Uuid) -> StoreResult<i64>;
+    /// Brings the planner's statistics up to date while a bulk operation grows or
+    /// changes the patients table; plans made on the statistics of a far smaller
+    /// table scan whole organizations per chunk.
+    async fn refresh_statistics(&self) -> StoreResult<()>;
     /// Writes an audit entry about an operation (start, completion, download...).
     async fn audit_operation(&self, entry: NewAuditEntry) -> StoreResult<()>;
 }

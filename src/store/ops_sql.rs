@@ -624,17 +624,7 @@ macro_rules! ops_store_impl {
                 if numbers.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {} FROM patients WHERE deleted_at IS NULL AND organization_id = ",
-                    $crate::store::sql::PATIENT_COLUMNS
-                ));
-                qb.push_bind(org).push(" AND unhcr_number IN (");
-                let mut list = qb.separated(", ");
-                for n in numbers {
-                    list.push_bind(n.clone());
-                }
-                qb.push(")");
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let rows = self.fetch_by_unhcr(org, numbers).await?;
                 rows.iter().map(Self::patient_from_row).collect()
             }
 
@@ -712,6 +702,13 @@ macro_rules! ops_store_impl {
                     .fetch_one(self.reader())
                     .await?;
                 Ok(n)
+            }
+
+            async fn refresh_statistics(&self) -> $crate::store::StoreResult<()> {
+                if !Self::DIALECT.analyze_patients.is_empty() {
+                    sqlx::query(Self::DIALECT.analyze_patients).execute(self.writer()).await?;
+                }
+                Ok(())
             }
 
             async fn audit_operation(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<()> {

@@ -15,6 +15,9 @@ pub struct Dialect {
     /// A statement that serializes claims across processes (empty on SQLite, where
     /// the one writer connection already does).
     pub claim_lock: &'static str,
+    /// Refreshes the planner's statistics of `patients` during bulk writes (empty on
+    /// SQLite, whose planner does not need them for these queries).
+    pub analyze_patients: &'static str,
 }
 
 /// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.

@@ -5,6 +5,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool};
 
@@ -22,6 +23,7 @@ impl SqliteStore {
     const DIALECT: Dialect = Dialect {
         for_update: "",
         claim_lock: "",
+        analyze_patients: "",
     };
 
     /// Opens (creating when missing) the database file named by `sqlite://PATH`.
@@ -49,6 +51,25 @@ impl SqliteStore {
 
     fn writer(&self) -> &SqlitePool {
         &self.write
+    }
+
+    /// Live patients with one of these numbers (an `IN` list: SQLite has no arrays).
+    async fn fetch_by_unhcr(
+        &self,
+        org: uuid::Uuid,
+        numbers: &[String],
+    ) -> StoreResult<Vec<SqliteRow>> {
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM patients WHERE deleted_at IS NULL AND organization_id = ",
+            super::sql::PATIENT_COLUMNS
+        ));
+        qb.push_bind(org).push(" AND unhcr_number IN (");
+        let mut list = qb.separated(", ");
+        for n in numbers {
+            list.push_bind(n.clone());
+        }
+        qb.push(")");
+        Ok(qb.build().fetch_all(&self.read).await?)
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {
