@@ -180,7 +180,7 @@ impl Run<'_> {
         let outcome = self.engine.store.commit_chunk(&self.op, chunk).await?;
         // After the 2nd chunk and every 20th, while the table changes under the plans.
         let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == 2 || n % 20 == 0 {
+        if n == 2 || n.is_multiple_of(20) {
             self.engine.store.refresh_statistics().await?;
         }
         match outcome {
