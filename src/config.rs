@@ -90,6 +90,10 @@ pub struct Config {
     #[arg(long, env = "HAVEN_EXPORT_RETENTION", global = true, default_value = "7d", value_parser = parse_duration)]
     pub export_retention: Duration,
 
+    /// How often expired exports, old backups and long-deleted patients are purged.
+    #[arg(long, env = "HAVEN_CLEANUP_INTERVAL", global = true, default_value = "24h", value_parser = parse_duration)]
+    pub cleanup_interval: Duration,
+
     /// Largest accepted upload, in bytes.
     #[arg(long, env = "HAVEN_MAX_UPLOAD_BYTES", global = true, default_value_t = 1 << 30)]
     pub max_upload_bytes: u64,

@@ -5,10 +5,13 @@
 //! lease), the progress cursor (committed with each chunk), the before-images. A worker
 //! holds nothing that another worker could not rebuild after taking over.
 
+mod cleanup;
 mod export;
 mod import;
 mod modify;
 pub mod undo;
+
+pub use cleanup::CleanupReport;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +40,7 @@ pub struct EngineSettings {
     pub import_rollback_window: Duration,
     pub backup_retention: Duration,
     pub shutdown_timeout: Duration,
+    pub cleanup_interval: Duration,
 }
 
 impl EngineSettings {
@@ -50,6 +54,7 @@ impl EngineSettings {
             import_rollback_window: config.import_rollback_window,
             backup_retention: config.backup_retention,
             shutdown_timeout: config.shutdown_timeout,
+            cleanup_interval: config.cleanup_interval,
         }
     }
 }
@@ -302,6 +307,7 @@ impl Engine {
     /// The scheduler and worker loop: up to `workers` operations at once, sleeping
     /// until the next due time (or a wake-up) when there is nothing to claim.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        tokio::spawn(self.clone().run_cleanup(shutdown.clone()));
         if self.settings.workers == 0 {
             return;
         }

@@ -173,6 +173,14 @@ pub trait OpsStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<Backup>>;
     async fn count_backups(&self, operation_id: Uuid) -> StoreResult<i64>;
+    /// Deletes before-images written before `before` (backup retention).
+    async fn purge_backups(&self, before: DateTime<Utc>) -> StoreResult<u64>;
+    /// Export files whose download window ended: (operation id, blob name).
+    async fn expired_exports(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, String)>>;
+    /// Forgets an operation's export file once it has been removed.
+    async fn clear_output(&self, operation_id: Uuid) -> StoreResult<()>;
+    /// Removes patients soft-deleted before `before` for good.
+    async fn purge_deleted_patients(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Brings the planner's statistics up to date while a bulk operation grows or
     /// changes the patients table; plans made on the statistics of a far smaller
     /// table scan whole organizations per chunk.

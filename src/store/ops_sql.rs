@@ -704,6 +704,42 @@ macro_rules! ops_store_impl {
                 Ok(n)
             }
 
+            async fn purge_backups(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
+                let done = sqlx::query("DELETE FROM operation_backups WHERE created_at < $1")
+                    .bind(before)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
+            async fn expired_exports(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<Vec<(uuid::Uuid, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, output_blob FROM bulk_operations WHERE output_blob IS NOT NULL AND output_expires_at < $1",
+                )
+                .bind(now)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
+            async fn clear_output(&self, operation_id: uuid::Uuid) -> $crate::store::StoreResult<()> {
+                sqlx::query("UPDATE bulk_operations SET output_blob = NULL WHERE id = $1")
+                    .bind(operation_id)
+                    .execute(self.writer())
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_deleted_patients(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
+                let done = sqlx::query("DELETE FROM patients WHERE deleted_at IS NOT NULL AND deleted_at < $1")
+                    .bind(before)
+                    .execute(self.writer())
+                    .await?;
+                Ok(done.rows_affected())
+            }
+
             async fn refresh_statistics(&self) -> $crate::store::StoreResult<()> {
                 if !Self::DIALECT.analyze_patients.is_empty() {
                     sqlx::query(Self::DIALECT.analyze_patients).execute(self.writer()).await?;

@@ -1,0 +1,229 @@
+//! A rollback survives a killed worker, and the cleanup removes what outlived its
+//! retention (SPEC 4.6, 9).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, TestApp};
+use haven::domain::permission::Role;
+use haven::engine::Ran;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn csv(rows: usize) -> String {
+    let mut csv = String::from("unhcr_number,given_name,family_name,gender\n");
+    for i in 0..rows {
+        csv.push_str(&format!("RB-{i:06},Given{i},Family{i},female\n"));
+    }
+    csv
+}
+
+/// A timestamp literal both databases read back as that instant.
+fn at(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
+}
+
+async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+    let org = app.create_org("Clinic").await;
+    let token = app.user_token(org, Role::DataManager).await;
+    let rows = 20_000;
+    let response = app.schedule_import(&token, &csv(rows), json!({})).await;
+    let import: Value = response.json().await.unwrap();
+    let import_id = import["id"].as_str().unwrap().to_string();
+    assert!(matches!(
+        app.engine.run_once().await.unwrap(),
+        Ran::Operation(_)
+    ));
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM patients").await,
+        rows as i64
+    );
+
+    let response = app
+        .post_json(
+            &token,
+            &format!("/api/v2/bulk/import/rollback/{import_id}"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let rollback: Value = response.json().await.unwrap();
+    let rollback_id = Uuid::parse_str(rollback["id"].as_str().unwrap()).unwrap();
+
+    let first =
+        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
+            .unwrap();
+    let killed = tokio::spawn(async move { first.run_once().await });
+    for _ in 0..5000 {
+        let op = app
+            .store
+            .get_operation(org, rollback_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if op.progress_processed >= 1_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    killed.abort();
+    let _ = killed.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let op = app
+        .store
+        .get_operation(org, rollback_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(op.status.as_str(), "processing", "killed mid-way");
+    let left = app.count("SELECT COUNT(*) FROM patients").await;
+    assert!(
+        left > 0 && left < rows as i64,
+        "part of the import removed: {left}"
+    );
+    assert_eq!(
+        op.progress_processed,
+        rows as i64 - left,
+        "progress committed with the removals"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let second =
+        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
+            .unwrap();
+    assert_eq!(
+        second.run_once().await.unwrap(),
+        Ran::Operation(rollback_id)
+    );
+    let done = app.wait_until_done(&token, &rollback_id.to_string()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["result"]["patients_removed"], rows);
+    assert_eq!(done["result"]["conflicts"], json!([]));
+    assert_eq!(done["progress"]["processed"], rows);
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
+    let target: Value = app
+        .get(
+            &token,
+            &format!("/api/v2/bulk-operations/{import_id}/status"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(target["status"], "rolled_back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed_on_sqlite() {
+    a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed_on_postgres() {
+    a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(Backend::Postgres).await;
+}
+
+dual_test!(
+    the_cleanup_purges_backups_exports_and_deleted_patients_past_retention,
+    |app: TestApp| async move {
+        let org = app.create_org("Clinic").await;
+        let token = app.user_token(org, Role::Admin).await;
+        app.run_import(&token, &csv(10), json!({})).await;
+        let update = app
+            .run_bulk(
+                &token,
+                "update",
+                json!({"filters": {}, "changes": {"current_camp": "Dadaab"}}),
+            )
+            .await;
+        let export = app
+            .run_bulk(&token, "export", json!({"format": "csv"}))
+            .await;
+        let list: Value = app
+            .get(&token, "/api/v2/patients?limit=2")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<Value> = list["patients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].clone())
+            .collect();
+        app.run_bulk(
+            &token,
+            "delete",
+            json!({"patient_ids": ids, "confirm": true}),
+        )
+        .await;
+        assert_eq!(
+            app.count("SELECT COUNT(*) FROM operation_backups").await,
+            12
+        );
+
+        // Nothing is old yet: a pass removes nothing.
+        assert_eq!(
+            app.engine.cleanup_once().await.unwrap(),
+            haven::engine::CleanupReport::default()
+        );
+
+        let long_ago = at(chrono::Utc::now() - chrono::Duration::days(31));
+        let update_id = update["id"].as_str().unwrap();
+        app.raw_sql(&format!(
+            "UPDATE operation_backups SET created_at = '{long_ago}'"
+        ))
+        .await
+        .unwrap();
+        app.raw_sql(&format!(
+            "UPDATE patients SET deleted_at = '{long_ago}' WHERE deleted_at IS NOT NULL"
+        ))
+        .await
+        .unwrap();
+        app.raw_sql(&format!("UPDATE bulk_operations SET output_expires_at = '{long_ago}' WHERE output_blob IS NOT NULL")).await.unwrap();
+        app.raw_sql(&format!(
+            "UPDATE bulk_operations SET completed_at = '{long_ago}'"
+        ))
+        .await
+        .unwrap();
+
+        let report = app.engine.cleanup_once().await.unwrap();
+        assert_eq!(
+            (report.export_files, report.backups, report.deleted_patients),
+            (1, 12, 2)
+        );
+        assert_eq!(app.count("SELECT COUNT(*) FROM operation_backups").await, 0);
+        assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 8);
+        let export_id = export["id"].as_str().unwrap();
+        let download = app
+            .get(
+                &token,
+                &format!("/api/v2/bulk-operations/{export_id}/download"),
+            )
+            .await;
+        assert_eq!(download.status(), 404);
+        let exports = std::fs::read_dir(app.dir.path().join("blobs/exports"))
+            .unwrap()
+            .count();
+        assert_eq!(exports, 0, "the encrypted export file is gone");
+        let rollback = app
+            .post_json(
+                &token,
+                &format!("/api/v2/bulk/update/rollback/{update_id}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(rollback.status(), 409, "its backup is past retention");
+        // The audit log is never purged.
+        let verify: Value = app
+            .get(&token, "/api/v2/audit/verify")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(verify["intact"], true);
+    }
+);
