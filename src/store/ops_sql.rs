@@ -132,7 +132,7 @@ macro_rules! ops_store_impl {
                 op: &$crate::domain::operation::Operation,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 sqlx::query(
                     "INSERT INTO bulk_operations (id, type, status, user_id, organization_id, scheduled_at, \
                      created_at, parameters, parameters_key_id, timezone, email_notification, dry_run, \
@@ -254,7 +254,7 @@ macro_rules! ops_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let scheduled = sqlx::query(
                     "UPDATE bulk_operations SET status = 'cancelled', completed_at = $3, updated_at = $3, \
                      error_message = 'cancelled before it started' \
@@ -300,7 +300,7 @@ macro_rules! ops_store_impl {
                 lease_until: chrono::DateTime<chrono::Utc>,
                 max_per_org: i64,
             ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 if !Self::DIALECT.claim_lock.is_empty() {
                     sqlx::query(Self::DIALECT.claim_lock).execute(&mut *tx).await?;
                 }
@@ -408,7 +408,7 @@ macro_rules! ops_store_impl {
             ) -> $crate::store::StoreResult<$crate::store::ops::ChunkOutcome> {
                 use $crate::store::ops::ChunkOutcome;
                 let now = $crate::domain::now();
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 // The fence first: it also locks the operation row on PostgreSQL, so a
                 // takeover waits for this chunk or this chunk finds the lease gone.
                 let fence: Option<(bool,)> = sqlx::query_as(
@@ -528,7 +528,7 @@ macro_rules! ops_store_impl {
 
             async fn finish_operation(&self, finish: $crate::store::ops::Finish) -> $crate::store::StoreResult<bool> {
                 use $crate::domain::operation::Status;
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let result = finish.result.as_ref().map(|r| r.to_string());
                 let done = if finish.status == Status::Scheduled {
                     sqlx::query(
@@ -748,7 +748,7 @@ macro_rules! ops_store_impl {
             }
 
             async fn audit_operation(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 Self::append_audit_tx(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(())

@@ -22,6 +22,7 @@ impl PgStore {
         for_update: " FOR UPDATE",
         claim_lock: "SELECT pg_advisory_xact_lock(7171)",
         analyze_patients: "ANALYZE patients",
+        begin_write: "BEGIN",
     };
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {

@@ -18,6 +18,10 @@ pub struct Dialect {
     /// Refreshes the planner's statistics of `patients` during bulk writes (empty on
     /// SQLite, whose planner does not need them for these queries).
     pub analyze_patients: &'static str,
+    /// How write transactions begin. SQLite's `IMMEDIATE` takes the write lock at once:
+    /// a deferred transaction that reads first can fail with `SQLITE_BUSY` when another
+    /// process writes meanwhile, without waiting for the busy timeout.
+    pub begin_write: &'static str,
 }
 
 /// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.
@@ -298,7 +302,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn create_organization(&self, org: &$crate::store::Organization) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
                     .bind(org.id)
                     .bind(&org.name)
@@ -406,7 +410,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn record_login_failure(&self, keys: &[String], at: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 for key in keys {
                     sqlx::query("INSERT INTO login_failures (throttle_key, failed_at) VALUES ($1, $2)")
                         .bind(key)
@@ -446,7 +450,7 @@ macro_rules! shared_store_impl {
                 patient: &$crate::domain::patient::Patient,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let sql = format!(
                     "INSERT INTO patients ({}) VALUES ({})",
                     $crate::store::sql::PATIENT_COLUMNS,
@@ -509,7 +513,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let sql = format!(
                     "UPDATE patients SET {}, version = version + 1, updated_at = $25 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL AND version = $26 \
@@ -551,7 +555,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let done = sqlx::query(
                     "UPDATE patients SET deleted_at = $3, updated_at = $3, version = version + 1 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
@@ -587,7 +591,7 @@ macro_rules! shared_store_impl {
             }
 
             async fn append_audit(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
-                let mut tx = self.writer().begin().await?;
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let entry = Self::append_audit_tx(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(entry)

@@ -24,6 +24,7 @@ impl SqliteStore {
         for_update: "",
         claim_lock: "",
         analyze_patients: "",
+        begin_write: "BEGIN IMMEDIATE",
     };
 
     /// Opens (creating when missing) the database file named by `sqlite://PATH`.
