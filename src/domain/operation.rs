@@ -105,12 +105,12 @@ impl Operation {
     /// The operation as the API shows it (SPEC 4.4). Holds no patient data.
     pub fn to_json(&self) -> Value {
         let ts = |t: &Option<DateTime<Utc>>| t.as_ref().map(super::rfc3339);
-        let percent = match self.progress_total {
-            Some(total) if total > 0 => {
-                ((self.progress_processed as f64 / total as f64) * 1000.0).round() / 10.0
+        let percent = match (self.status, self.progress_total) {
+            (Status::Completed, _) => 100.0,
+            (_, Some(total)) if total > 0 => {
+                let share = self.progress_processed as f64 / total as f64;
+                ((share * 1000.0).round() / 10.0).min(100.0)
             }
-            Some(_) if self.status == Status::Completed => 100.0,
-            _ if self.status == Status::Completed => 100.0,
             _ => 0.0,
         };
         serde_json::json!({
