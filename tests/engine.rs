@@ -105,6 +105,11 @@ async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates(ba
         op.progress_processed < rows as i64,
         "killed in the middle ({seen} rows done)"
     );
+    let estimate = op.progress_total.expect("a total while running");
+    assert!(
+        (estimate - rows as i64).abs() <= rows as i64 / 5,
+        "the total is estimated from the bytes read: {estimate}"
+    );
     let partial = app.count("SELECT COUNT(*) FROM patients").await;
     assert_eq!(
         partial, op.progress_processed,

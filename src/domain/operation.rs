@@ -194,6 +194,9 @@ pub enum Parameters {
         mode: ImportMode,
         on_error: OnError,
         date_format: DateFormat,
+        /// Plaintext size of the upload, to estimate the rows while it is read.
+        #[serde(default)]
+        size_bytes: u64,
     },
     Export {
         format: crate::formats::export::ExportFormat,

@@ -123,6 +123,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         mode,
         on_error,
         date_format,
+        size_bytes,
         ..
     } = params
     else {
@@ -163,6 +164,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         if batch.is_empty() {
             break;
         }
+        let last = batch.len() < CHUNK_ROWS;
         let mut chunk = Chunk::default();
         let mut valid: Vec<(i64, PatientFields, Vec<&'static str>)> = Vec::new();
         for record in batch {
@@ -247,6 +249,11 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             chunk.writes.clear();
         }
         chunk.processed = cursor.records;
+        chunk.total = Some(if last {
+            cursor.records
+        } else {
+            estimate_rows(cursor.records, source.reader.bytes_read(), size_bytes)
+        });
         chunk.cursor = serde_json::to_string(&cursor).unwrap_or_default();
         if run.commit(chunk).await? {
             return start_undo(run, cursor, undo::Reason::Cancelled).await;
@@ -260,6 +267,15 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         result: result_json(run, &cursor, &source.plan),
         output: None,
     })
+}
+
+/// The rows of the whole file, extrapolated from the share of its bytes read so far.
+fn estimate_rows(records: i64, bytes_read: u64, size_bytes: u64) -> i64 {
+    if bytes_read == 0 || size_bytes <= bytes_read {
+        return records;
+    }
+    let estimate = records as f64 * size_bytes as f64 / bytes_read as f64;
+    (estimate.round() as i64).max(records)
 }
 
 fn validate_row(

@@ -298,6 +298,11 @@ pub fn open<R: Read>(reader: R) -> Result<CsvRecordReader<R>, ImportFileError> {
 }
 
 impl<R: Read> CsvRecordReader<R> {
+    /// Bytes of the file consumed so far (for a progress estimate).
+    pub fn bytes_read(&self) -> u64 {
+        self.inner.position().byte()
+    }
+
     /// The header cells (BOM removed, otherwise as written), for [`plan_columns`].
     pub fn header(&self) -> &[String] {
         &self.header

@@ -48,7 +48,9 @@ pub(super) async fn schedule_import(
     let blob = BlobStore::upload_name(id);
     let stored = receive_upload(&state, request, &headers, &blob).await;
     let result = match stored {
-        Ok(body) => validate_import(&state, &caller, &headers, body, &blob, id).await,
+        Ok((body, size)) => {
+            validate_import(&state, &caller, &headers, body, (&blob, size), id).await
+        }
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -62,7 +64,7 @@ async fn validate_import(
     caller: &AuthUser,
     headers: &HeaderMap,
     mut body: Map<String, Value>,
-    blob: &str,
+    (blob, size_bytes): (&str, u64),
     id: Uuid,
 ) -> AppResult<Response> {
     let mut errors = Vec::new();
@@ -129,6 +131,7 @@ async fn validate_import(
         mode,
         on_error,
         date_format,
+        size_bytes,
     };
     accept(
         state,
@@ -169,13 +172,13 @@ async fn check_header(
 }
 
 /// Streams the CSV (multipart part `file`, or JSON `csv_data`) into an encrypted blob,
-/// checking size and UTF-8 on the way; returns the other options as JSON.
+/// checking size and UTF-8 on the way; returns the other options as JSON and the size.
 async fn receive_upload(
     state: &AppState,
     request: Request,
     headers: &HeaderMap,
     blob: &str,
-) -> AppResult<Map<String, Value>> {
+) -> AppResult<(Map<String, Value>, u64)> {
     let limit = state.config.max_upload_bytes;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -278,10 +281,11 @@ async fn receive_upload(
             "attach the CSV as the part `file` (or give `csv_data`)",
         ));
     }
-    file.finish()
+    let size = file
+        .finish()
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    Ok(options)
+    Ok((options, size))
 }
 
 fn upload_error(status: StatusCode, text: String, limit: u64) -> AppError {
