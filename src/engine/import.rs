@@ -384,26 +384,25 @@ async fn finish_undo(
         }
     };
     undo::undo_operation(run, run.op.id, true, state, &wrap).await?;
-    let mut result = json!({
+    // Everything written was undone: nothing counts as imported or updated.
+    let result = json!({
         "rows_total": cursor.records,
         "rows_imported": 0,
         "rows_updated": 0,
         "rows_skipped": cursor.skipped,
         "rows_failed": cursor.failed,
+        "columns_ignored": [],
         "duration_ms": run.elapsed_ms(),
         "dry_run": run.op.dry_run,
     });
     Ok(match reason {
         undo::Reason::Cancelled => Outcome::Cancelled { result },
-        _ => {
-            result["columns_ignored"] = json!([]);
-            Outcome::Failed {
-                message: format!(
-                    "{} rows are invalid and on_error is abort: nothing was imported; see the error report",
-                    cursor.failed
-                ),
-                result,
-            }
-        }
+        _ => Outcome::Failed {
+            message: format!(
+                "{} rows are invalid and on_error is abort: nothing was imported; see the error report",
+                cursor.failed
+            ),
+            result,
+        },
     })
 }

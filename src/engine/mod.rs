@@ -272,14 +272,7 @@ impl Engine {
 
     /// Claims one due operation and runs it to the end of this attempt.
     pub async fn run_once(&self) -> anyhow::Result<Ran> {
-        self.sweep_dependents().await?;
-        let at = now();
-        let lease_until = at + chrono::Duration::from_std(self.settings.lease)?;
-        match self
-            .store
-            .claim_next(&self.worker_id, at, lease_until, self.settings.max_per_org)
-            .await?
-        {
+        match self.claim().await? {
             None => Ok(Ran::Empty),
             Some(op) => {
                 let id = op.id;
