@@ -179,7 +179,15 @@ pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
             )
         })?,
     };
-    Ok(Keyring::new(key))
+    let mut keyring = Keyring::new(key);
+    for path in &config.previous_master_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the previous master key {}", path.display()))?;
+        let old = MasterKey::from_base64(&text)
+            .with_context(|| format!("{} must hold base64 of 32 bytes", path.display()))?;
+        keyring = keyring.with_old_key(old);
+    }
+    Ok(keyring)
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {

@@ -8,6 +8,7 @@ use crate::config::Config;
 #[derive(Parser, Debug)]
 #[command(
     name = "haven",
+    args_override_self = true,
     version,
     about = "Bulk operations on patient records, scheduled, audited and reversible"
 )]

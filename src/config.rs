@@ -46,6 +46,16 @@ pub struct Config {
     )]
     pub master_key: Option<String>,
 
+    /// Key files of earlier master keys, still used to read what they encrypted after a
+    /// rotation (new data is always encrypted with the current key).
+    #[arg(
+        long,
+        env = "HAVEN_PREVIOUS_MASTER_KEY_FILES",
+        global = true,
+        value_delimiter = ','
+    )]
+    pub previous_master_key_file: Vec<PathBuf>,
+
     /// SMTP server for notification mail (unset: .eml files in <data-dir>/outbox).
     #[arg(long, env = "HAVEN_SMTP_URL", global = true)]
     pub smtp_url: Option<String>,
