@@ -50,6 +50,12 @@ async fn two_worker_processes_run_every_operation_exactly_once(backend: Backend)
         assert_eq!(done["status"], "completed", "{done}");
         assert_eq!(done["attempt"], 1, "claimed once: {done}");
         assert_eq!(done["result"]["rows_imported"], 2_000);
+        let at = |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap()).unwrap();
+        // Reported, not asserted: how long a worker process took to pick it up.
+        eprintln!(
+            "{backend:?} pickup lag: {} ms",
+            (at("started_at") - at("scheduled_at")).num_milliseconds()
+        );
     }
     assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 12_000);
     assert_eq!(

@@ -304,6 +304,7 @@ impl Engine {
         if self.settings.workers == 0 {
             return;
         }
+        let watcher = tokio::spawn(self.clone().watch_queue());
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.workers));
         let mut running = tokio::task::JoinSet::new();
         loop {
@@ -344,11 +345,26 @@ impl Engine {
                 }
             }
         }
+        watcher.abort();
         // Give running chunks time to commit; their leases expire for a takeover otherwise.
         let _ = tokio::time::timeout(self.settings.shutdown_timeout, async {
             while running.join_next().await.is_some() {}
         })
         .await;
+    }
+
+    /// Wakes this engine when another process schedules or finishes an operation, so
+    /// that it need not wait for its next poll. Reconnects after a failure.
+    async fn watch_queue(self: Arc<Self>) {
+        let wake = || self.wake();
+        loop {
+            if let Err(e) = self.store.watch_queue(&wake).await {
+                tracing::debug!(error = %e, "queue notifications interrupted; polling meanwhile");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            } else {
+                return;
+            }
+        }
     }
 
     async fn claim(&self) -> anyhow::Result<Option<Operation>> {

@@ -173,6 +173,10 @@ pub trait OpsStore: Send + Sync {
         limit: i64,
     ) -> StoreResult<Vec<Backup>>;
     async fn count_backups(&self, operation_id: Uuid) -> StoreResult<i64>;
+    /// Calls `on_change` whenever another process changes the queue, until the
+    /// connection fails (PostgreSQL LISTEN); returns at once where there is no such
+    /// channel (SQLite).
+    async fn watch_queue(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()>;
     /// Deletes before-images written before `before` (backup retention).
     async fn purge_backups(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Export files whose download window ended: (operation id, blob name).

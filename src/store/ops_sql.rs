@@ -113,6 +113,15 @@ macro_rules! ops_store_impl {
                 Ok(self.operations_with_deps(rows).await?.into_iter().next())
             }
 
+            /// Tells the engines of other processes that the queue changed (delivered on
+            /// commit). A hint only: polling remains the guarantee.
+            async fn notify_engines(tx: &mut sqlx::Transaction<'_, $db>) -> $crate::store::StoreResult<()> {
+                if !Self::DIALECT.notify_queue.is_empty() {
+                    sqlx::query(Self::DIALECT.notify_queue).execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
             fn push_scan(qb: &mut sqlx::QueryBuilder<'_, $db>, scan: &$crate::store::ops::PatientScan<'_>) {
                 qb.push(" FROM patients WHERE organization_id = ").push_bind(scan.org);
                 if !scan.include_deleted {
@@ -165,6 +174,7 @@ macro_rules! ops_store_impl {
                         .await?;
                 }
                 Self::append_audit_tx(&mut tx, audit).await?;
+                Self::notify_engines(&mut tx).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -566,6 +576,8 @@ macro_rules! ops_store_impl {
                 if let Some(audit) = finish.audit {
                     Self::append_audit_tx(&mut tx, audit).await?;
                 }
+                // A finished operation frees a slot and may unblock its dependents.
+                Self::notify_engines(&mut tx).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -702,6 +714,10 @@ macro_rules! ops_store_impl {
                     .fetch_one(self.reader())
                     .await?;
                 Ok(n)
+            }
+
+            async fn watch_queue(&self, on_change: &(dyn Fn() + Send + Sync)) -> $crate::store::StoreResult<()> {
+                self.watch_queue_impl(on_change).await
             }
 
             async fn purge_backups(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {

@@ -15,6 +15,7 @@ use super::StoreResult;
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    url: String,
 }
 
 impl PgStore {
@@ -23,6 +24,7 @@ impl PgStore {
         claim_lock: "SELECT pg_advisory_xact_lock(7171)",
         analyze_patients: "ANALYZE patients",
         begin_write: "BEGIN",
+        notify_queue: "SELECT pg_notify('haven_operations', '')",
     };
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -32,7 +34,10 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            url: url.to_string(),
+        })
     }
 
     fn reader(&self) -> &PgPool {
@@ -63,6 +68,17 @@ impl PgStore {
             .run(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+impl PgStore {
+    async fn watch_queue_impl(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
+        let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
+        listener.listen("haven_operations").await?;
+        loop {
+            listener.recv().await?;
+            on_change();
+        }
     }
 }
 

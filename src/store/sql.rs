@@ -22,6 +22,8 @@ pub struct Dialect {
     /// a deferred transaction that reads first can fail with `SQLITE_BUSY` when another
     /// process writes meanwhile, without waiting for the busy timeout.
     pub begin_write: &'static str,
+    /// Signals a change of the queue to other processes (PostgreSQL NOTIFY).
+    pub notify_queue: &'static str,
 }
 
 /// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.

@@ -25,6 +25,7 @@ impl SqliteStore {
         claim_lock: "",
         analyze_patients: "",
         begin_write: "BEGIN IMMEDIATE",
+        notify_queue: "",
     };
 
     /// Opens (creating when missing) the database file named by `sqlite://PATH`.
@@ -77,6 +78,13 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.write)
             .await?;
+        Ok(())
+    }
+}
+
+impl SqliteStore {
+    /// SQLite has no channel between processes: they poll.
+    async fn watch_queue_impl(&self, _on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
         Ok(())
     }
 }
