@@ -481,36 +481,27 @@ macro_rules! ops_store_impl {
                         qb.build().execute(&mut *tx).await.map_err($crate::store::sql::classify)?;
                     }
                 }
-                let update_sql = format!(
-                    "UPDATE patients SET {}, deleted_at = $25, version = version + 1, updated_at = $26 \
-                     WHERE id = $1 AND organization_id = $2 AND version = $27",
-                    $crate::store::sql::PATIENT_UPDATE_SET
-                );
-                for write in &chunk.writes {
-                    let query = sqlx::query(&update_sql).bind(write.patient_id).bind(op.organization_id);
-                    let done = Self::bind_fields(query, &write.fields)
-                        .bind(write.deleted_at)
-                        .bind(now)
-                        .bind(write.expected_version)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::store::sql::classify)?;
-                    if done.rows_affected() != 1 {
-                        return Ok(ChunkOutcome::Conflict(write.patient_id));
-                    }
-                    if let Some(image) = &write.backup {
-                        sqlx::query(
-                            "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) \
-                             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation_id, patient_id) DO NOTHING",
-                        )
-                        .bind(op.id)
-                        .bind(write.patient_id)
-                        .bind(write.expected_version + 1)
-                        .bind(image)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                if let Some(conflict) = Self::write_patients(&mut tx, op.organization_id, &chunk.writes, now).await? {
+                    return Ok(ChunkOutcome::Conflict(conflict));
+                }
+                let backups: Vec<_> = chunk
+                    .writes
+                    .iter()
+                    .filter_map(|w| w.backup.as_ref().map(|image| (w.patient_id, w.expected_version + 1, image)))
+                    .collect();
+                for batch in backups.chunks(500) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) ",
+                    );
+                    qb.push_values(batch, |mut b, (patient_id, version_after, image)| {
+                        b.push_bind(op.id)
+                            .push_bind(*patient_id)
+                            .push_bind(*version_after)
+                            .push_bind(image.to_vec())
+                            .push_bind(now);
+                    });
+                    qb.push(" ON CONFLICT (operation_id, patient_id) DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
                 }
                 for id in &chunk.removals {
                     sqlx::query("DELETE FROM patients WHERE id = $1 AND organization_id = $2")

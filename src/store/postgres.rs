@@ -72,6 +72,104 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Writes each patient's new state if its version is still the expected one, in one
+    /// statement over arrays (a statement per patient cost a round trip each); the first
+    /// patient whose version moved on is returned (the caller rolls back).
+    async fn write_patients(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        org: uuid::Uuid,
+        writes: &[super::ops::PatientWrite],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<uuid::Uuid>> {
+        use super::sql::list_to_text;
+        if writes.is_empty() {
+            return Ok(None);
+        }
+        let text = |get: fn(&crate::domain::patient::PatientFields) -> Option<String>| -> Vec<Option<String>> {
+            writes.iter().map(|w| get(&w.fields)).collect()
+        };
+        let ids: Vec<uuid::Uuid> = writes.iter().map(|w| w.patient_id).collect();
+        let updated: Vec<(uuid::Uuid,)> = sqlx::query_as(
+            "UPDATE patients AS p SET given_name = v.given_name, family_name = v.family_name, \
+             gender = v.gender, unhcr_number = v.unhcr_number, middle_names = v.middle_names, \
+             date_of_birth = v.date_of_birth, estimated_birth_year = v.estimated_birth_year, \
+             place_of_birth = v.place_of_birth, refugee_status = v.refugee_status, \
+             origin_country = v.origin_country, current_camp = v.current_camp, \
+             camp_section = v.camp_section, phone_number = v.phone_number, email = v.email, \
+             primary_language = v.primary_language, languages_spoken = v.languages_spoken, \
+             blood_type = v.blood_type, allergies = v.allergies, \
+             chronic_conditions = v.chronic_conditions, \
+             emergency_contact_name = v.emergency_contact_name, \
+             emergency_contact_phone = v.emergency_contact_phone, \
+             verification_status = v.verification_status, deleted_at = v.deleted_at, \
+             version = p.version + 1, updated_at = $26 \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                  $7::text[], $8::date[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
+                  $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], \
+                  $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], \
+                  $25::timestamptz[]) \
+               AS v(id, expected_version, given_name, family_name, gender, unhcr_number, \
+                    middle_names, date_of_birth, estimated_birth_year, place_of_birth, \
+                    refugee_status, origin_country, current_camp, camp_section, phone_number, \
+                    email, primary_language, languages_spoken, blood_type, allergies, \
+                    chronic_conditions, emergency_contact_name, emergency_contact_phone, \
+                    verification_status, deleted_at) \
+             WHERE p.id = v.id AND p.organization_id = $27 AND p.version = v.expected_version \
+             RETURNING p.id",
+        )
+        .bind(&ids)
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.expected_version)
+                .collect::<Vec<i64>>(),
+        )
+        .bind(text(|f| Some(f.given_name.clone())))
+        .bind(text(|f| Some(f.family_name.clone())))
+        .bind(text(|f| Some(f.gender.clone())))
+        .bind(text(|f| f.unhcr_number.clone()))
+        .bind(text(|f| f.middle_names.clone()))
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.fields.date_of_birth)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            writes
+                .iter()
+                .map(|w| w.fields.estimated_birth_year)
+                .collect::<Vec<_>>(),
+        )
+        .bind(text(|f| f.place_of_birth.clone()))
+        .bind(text(|f| f.refugee_status.clone()))
+        .bind(text(|f| f.origin_country.clone()))
+        .bind(text(|f| f.current_camp.clone()))
+        .bind(text(|f| f.camp_section.clone()))
+        .bind(text(|f| f.phone_number.clone()))
+        .bind(text(|f| f.email.clone()))
+        .bind(text(|f| f.primary_language.clone()))
+        .bind(text(|f| Some(list_to_text(&f.languages_spoken))))
+        .bind(text(|f| f.blood_type.clone()))
+        .bind(text(|f| Some(list_to_text(&f.allergies))))
+        .bind(text(|f| Some(list_to_text(&f.chronic_conditions))))
+        .bind(text(|f| f.emergency_contact_name.clone()))
+        .bind(text(|f| f.emergency_contact_phone.clone()))
+        .bind(text(|f| Some(f.verification_status.clone())))
+        .bind(writes.iter().map(|w| w.deleted_at).collect::<Vec<_>>())
+        .bind(now)
+        .bind(org)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(super::sql::classify)?;
+        if updated.len() == writes.len() {
+            return Ok(None);
+        }
+        let done: std::collections::HashSet<uuid::Uuid> =
+            updated.into_iter().map(|(id,)| id).collect();
+        Ok(ids.into_iter().find(|id| !done.contains(id)))
+    }
+
     async fn watch_queue_impl(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
         let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
         listener.listen("haven_operations").await?;

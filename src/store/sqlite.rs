@@ -38,6 +38,15 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(30));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
+            // A transaction dropped mid-way (a client gone, a task cancelled) is rolled
+            // back by the connection's worker thread after the connection is back in the
+            // pool; a ping waits for that, so the next BEGIN finds no transaction open.
+            .before_acquire(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::Connection::ping(conn).await?;
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
             .await?;
         let read = SqlitePoolOptions::new()
@@ -83,6 +92,36 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Writes each patient's new state if its version is still the expected one; the
+    /// first patient whose version moved on is returned (the caller rolls back).
+    /// Statement by statement: on SQLite they cost no round trip.
+    async fn write_patients(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        org: uuid::Uuid,
+        writes: &[super::ops::PatientWrite],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Option<uuid::Uuid>> {
+        let sql = format!(
+            "UPDATE patients SET {}, deleted_at = $25, version = version + 1, updated_at = $26 \
+             WHERE id = $1 AND organization_id = $2 AND version = $27",
+            super::sql::PATIENT_UPDATE_SET
+        );
+        for write in writes {
+            let query = sqlx::query(&sql).bind(write.patient_id).bind(org);
+            let done = Self::bind_fields(query, &write.fields)
+                .bind(write.deleted_at)
+                .bind(now)
+                .bind(write.expected_version)
+                .execute(&mut **tx)
+                .await
+                .map_err(super::sql::classify)?;
+            if done.rows_affected() != 1 {
+                return Ok(Some(write.patient_id));
+            }
+        }
+        Ok(None)
+    }
+
     /// SQLite has no channel between processes: they poll.
     async fn watch_queue_impl(&self, _on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
         Ok(())
