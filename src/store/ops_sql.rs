@@ -503,25 +503,28 @@ macro_rules! ops_store_impl {
                     qb.push(" ON CONFLICT (operation_id, patient_id) DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
                 }
-                for id in &chunk.removals {
-                    sqlx::query("DELETE FROM patients WHERE id = $1 AND organization_id = $2")
-                        .bind(id)
-                        .bind(op.organization_id)
-                        .execute(&mut *tx)
-                        .await?;
+                for batch in chunk.removals.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM patients WHERE organization_id = ");
+                    qb.push_bind(op.organization_id).push(" AND id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in batch {
+                        list.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *tx).await?;
                 }
-                for e in &chunk.row_errors {
-                    sqlx::query(
-                        "INSERT INTO operation_row_errors (operation_id, row_number, column_name, code, message) \
-                         VALUES ($1, $2, $3, $4, $5)",
-                    )
-                    .bind(op.id)
-                    .bind(e.row)
-                    .bind(&e.column)
-                    .bind(&e.code)
-                    .bind(&e.message)
-                    .execute(&mut *tx)
-                    .await?;
+                for batch in chunk.row_errors.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO operation_row_errors (operation_id, row_number, column_name, code, message) ",
+                    );
+                    qb.push_values(batch, |mut b, e| {
+                        b.push_bind(op.id)
+                            .push_bind(e.row)
+                            .push_bind(e.column.clone())
+                            .push_bind(e.code.clone())
+                            .push_bind(e.message.clone());
+                    });
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(ChunkOutcome::Committed { cancel_requested })
