@@ -4,6 +4,9 @@
 //!
 //! cargo run --release --example bench -- sqlite 100000
 //! cargo run --release --example bench -- postgres 100000   (HAVEN_TEST_POSTGRES_URL)
+//! cargo build --release && cargo run --release --example bench -- memory
+//!   (peak memory of a separate `haven serve` process importing and exporting 10,000,
+//!   100,000 and 1,000,000 rows, SQLite)
 
 use std::time::{Duration, Instant};
 
@@ -95,9 +98,115 @@ impl Client {
     }
 }
 
+/// Peak resident memory (KiB) of another process.
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Starts `target/release/haven serve` on a fresh data dir, imports and exports `rows`
+/// rows through its API, and reports the server's peak memory after each step.
+async fn memory_run(rows: usize) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir()?;
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/haven");
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let mut lines = tokio::io::BufReader::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    )
+    .lines();
+    let (mut password, mut base) = (String::new(), String::new());
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.strip_prefix("login: admin@demo.local password: ") {
+            password = rest.to_string();
+        }
+        if let Some(start) = line.find("http://") {
+            base = line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_end_matches('/')
+                .to_string();
+            break;
+        }
+    }
+    let http = reqwest::Client::new();
+    let login: Value = http
+        .post(format!("{base}/api/v2/auth/login"))
+        .json(&json!({"email": "admin@demo.local", "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let client = Client {
+        http,
+        base,
+        token: login["token"].as_str().unwrap_or_default().to_string(),
+    };
+    let idle = peak_kib(pid);
+    let csv = csv_rows(rows);
+    let bytes = csv.len();
+    let start = Instant::now();
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("bench.csv"),
+    );
+    let op: Value = client
+        .http
+        .post(format!("{}/api/v2/bulk/import/schedule", client.base))
+        .bearer_auth(&client.token)
+        .multipart(form)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let (_, import_wall) = client.wait(&op, start).await;
+    let after_import = peak_kib(pid);
+    let (_, export_wall) = client
+        .timed("/api/v2/bulk/export/schedule", json!({"format": "csv"}))
+        .await;
+    let after_export = peak_kib(pid);
+    println!(
+        "| {rows} | {:.1} MB | {:.2} s | {} MiB | {} MiB | {:.2} s | {} MiB |",
+        bytes as f64 / 1e6,
+        import_wall.as_secs_f64(),
+        idle / 1024,
+        after_import / 1024,
+        export_wall.as_secs_f64(),
+        after_export / 1024
+    );
+    let _ = child.kill().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("memory") {
+        println!("| rows | CSV size | import (multipart upload → completed) | server peak RSS idle | after import | export csv | after export |");
+        println!("|---|---|---|---|---|---|---|");
+        for rows in [10_000, 100_000, 1_000_000] {
+            memory_run(rows).await?;
+        }
+        return Ok(());
+    }
     let backend = args
         .get(1)
         .map(String::as_str)
