@@ -832,3 +832,31 @@ dual_test!(
         assert_eq!(snapshot(&app).await, before);
     }
 );
+
+dual_test!(
+    more_than_sixty_scheduling_requests_a_minute_get_429_with_retry_after,
+    |app: TestApp| async move {
+        let org = app.create_org("Busy Clinic").await;
+        let token = app.user_token(org, Role::Analyst).await;
+        let later = from_now(86_400);
+        for i in 0..60 {
+            let r = schedule(&app, &token, "export", json!({"scheduled_at": later})).await;
+            assert_eq!(r.status(), 201, "request {i}");
+        }
+        let before = snapshot(&app).await;
+        let r = schedule(&app, &token, "export", json!({"scheduled_at": later})).await;
+        let retry: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        let error = refused(r, 429).await;
+        assert_eq!(error["code"], "too_many_requests");
+        assert_eq!(snapshot(&app).await, before);
+        // Another user of the same organization is not held back.
+        let other = app.user_token(org, Role::Analyst).await;
+        let r = schedule(&app, &other, "export", json!({"scheduled_at": later})).await;
+        assert_eq!(r.status(), 201);
+    }
+);

@@ -17,9 +17,6 @@ use crate::auth::token_hash;
 use crate::domain::permission::Permission;
 use crate::store::User;
 
-/// The name of the session cookie the web UI uses (same token as the API's bearer).
-pub const SESSION_COOKIE: &str = "haven_session";
-
 /// An authenticated caller. The organization of every request comes from here.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
@@ -51,25 +48,15 @@ pub fn client_addr(parts: &Parts) -> Option<SocketAddr> {
         .map(|ConnectInfo(addr)| *addr)
 }
 
-/// The token of a request: bearer header first, then the UI's session cookie.
+/// The token of a request, from `Authorization: Bearer`. The web UI's session cookie
+/// will be accepted together with its CSRF protection; a cookie accepted without one
+/// would let any site send requests in a logged-in user's name.
 fn presented_token(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
-        let text = value.to_str().ok()?;
-        let token = text
-            .strip_prefix("Bearer ")
-            .or_else(|| text.strip_prefix("bearer "))?;
-        return Some(token.trim().to_string());
-    }
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then(|| value.to_string())
-        })
+    let text = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = text
+        .strip_prefix("Bearer ")
+        .or_else(|| text.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
 }
 
 impl FromRequestParts<AppState> for AuthUser {

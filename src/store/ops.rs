@@ -113,6 +113,12 @@ pub trait OpsStore: Send + Sync {
     /// The organization's scheduled operations by `scheduled_at`.
     async fn list_scheduled(&self, org: Uuid) -> StoreResult<Vec<Operation>>;
     async fn count_scheduled(&self, org: Uuid) -> StoreResult<i64>;
+    /// Operations a user created since `since`, with the oldest one's time (rate limit).
+    async fn created_by_user_since(
+        &self,
+        user: Uuid,
+        since: DateTime<Utc>,
+    ) -> StoreResult<(i64, Option<DateTime<Utc>>)>;
     /// Cancels a scheduled operation at once, or flags a running one; returns the
     /// operation as it is afterwards (unchanged when it had already ended).
     async fn request_cancel(

@@ -257,6 +257,20 @@ macro_rules! ops_store_impl {
                 Ok(n)
             }
 
+            async fn created_by_user_since(
+                &self,
+                user: uuid::Uuid,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
+                Ok(sqlx::query_as(
+                    "SELECT COUNT(*), MIN(created_at) FROM bulk_operations WHERE user_id = $1 AND created_at > $2",
+                )
+                .bind(user)
+                .bind(since)
+                .fetch_one(self.reader())
+                .await?)
+            }
+
             async fn request_cancel(
                 &self,
                 org: uuid::Uuid,

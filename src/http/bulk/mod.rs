@@ -30,6 +30,9 @@ use crate::domain::{new_id, now, FieldError};
 use crate::formats::export::{check_fields, ExportFormat, DEFAULT_EXPORT_FIELDS};
 use crate::store::StoreError;
 
+/// Scheduling requests one user may make in a minute (SPEC 10).
+const MAX_SCHEDULES_PER_USER_MINUTE: i64 = 60;
+
 /// Scheduled operations an organization may have waiting (SPEC 10).
 const MAX_SCHEDULED_PER_ORG: i64 = 1_000;
 
@@ -430,6 +433,20 @@ async fn preflight(
             }
             state.store.clear_idempotency_key(op.id).await?;
         }
+    }
+    let minute_ago = now() - chrono::Duration::seconds(60);
+    let (recent, oldest) = state
+        .store
+        .created_by_user_since(caller.user.id, minute_ago)
+        .await?;
+    if recent >= MAX_SCHEDULES_PER_USER_MINUTE {
+        let free_at = oldest.unwrap_or_else(now) + chrono::Duration::seconds(60);
+        return Err(AppError::TooManyRequests {
+            message: format!(
+                "at most {MAX_SCHEDULES_PER_USER_MINUTE} operations can be scheduled a minute"
+            ),
+            retry_after_secs: (free_at - now()).num_seconds().clamp(1, 60) as u64,
+        });
     }
     if state.store.count_scheduled(caller.org()).await? >= MAX_SCHEDULED_PER_ORG {
         return Err(AppError::TooManyRequests {
