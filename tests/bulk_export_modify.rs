@@ -216,12 +216,12 @@ dual_test!(
         );
         for n in 301..=305 {
             assert!(
-                text.contains(&format!(",+254711000{n}\n")),
-                "phone +254711000{n} intact in {text}"
+                text.contains(&format!(",\"+254711000{n}\"\n")),
+                "phone +254711000{n} quoted and intact in {text}"
             );
         }
         assert!(
-            text.contains("KEN-24-000302,'+SUM(1+1),+254711000302\n"),
+            text.contains("KEN-24-000302,'+SUM(1+1),\"+254711000302\"\n"),
             "{text}"
         );
     }
@@ -339,6 +339,57 @@ dual_test!(
         let bytes = response.bytes().await.unwrap();
         assert_eq!(op["result"]["bytes"].as_u64(), Some(bytes.len() as u64));
         assert!(bytes.starts_with(b"PK"), "a zip file");
+    }
+);
+
+/// The text of one file inside a zip archive (an XLSX workbook).
+fn zip_entry(bytes: &[u8], name: &str) -> String {
+    use std::io::Read;
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a zip file");
+    let mut entry = archive
+        .by_name(name)
+        .unwrap_or_else(|e| panic!("{name} in the workbook: {e}"));
+    let mut text = String::new();
+    entry.read_to_string(&mut text).expect("UTF-8 XML");
+    text
+}
+
+dual_test!(
+    xlsx_cells_are_neutralised_but_phone_numbers_stay_intact,
+    |app: TestApp| async move {
+        let (_, token) = manager(&app, "Dzaleka Clinic").await;
+        import_sample(&app, &token, "patients-formula-injection.csv", 5).await;
+        let op = run_export(
+            &app,
+            &token,
+            json!({"format": "xlsx", "fields": ["unhcr_number", "given_name", "phone_number"]}),
+        )
+        .await;
+        let bytes = downloaded_bytes(&app, &token, &op).await;
+        // rust_xlsxwriter writes string cells to the shared string table; the sheet itself
+        // holds only indexes into it. Both are searched, so the test does not depend on that.
+        let sheet = zip_entry(&bytes, "xl/worksheets/sheet1.xml");
+        let strings = zip_entry(&bytes, "xl/sharedStrings.xml");
+        let xml = format!("{strings}\n{sheet}");
+        // XML escapes `"` as `&quot;`, so the HYPERLINK formula is matched by its prefix.
+        for neutralised in ["'=HYPERLINK(", "'+SUM(1+1)", "'-2+3", "'@cmd"] {
+            assert!(xml.contains(neutralised), "{neutralised} in {xml}");
+        }
+        for raw in [">=HYPERLINK(", ">+SUM(", ">-2+3", ">@cmd", ">\tTab"] {
+            assert!(!xml.contains(raw), "{raw:?} went out unneutralised: {xml}");
+        }
+        for n in 301..=305 {
+            let phone = format!("+254711000{n}");
+            assert!(
+                xml.contains(&format!(">{phone}<")),
+                "{phone} intact in {xml}"
+            );
+            assert!(
+                !xml.contains(&format!("'{phone}")),
+                "{phone} mangled: {xml}"
+            );
+            assert!(xml.contains(&format!(">KEN-24-000{n}<")), "{xml}");
+        }
     }
 );
 

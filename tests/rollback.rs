@@ -1156,12 +1156,11 @@ dual_test!(
         .await;
         let rollback = run_rollback(&app, &a.manager, "import", &import, None).await;
         let rollback_id = rollback["id"].as_str().unwrap();
-        // Observed: 404. A rollback operation is not an import, update or delete, so
-        // none of the three endpoints finds it (bulk.rs filters the target by type).
+        // Issue 4: rolling back a rollback answers 409, whichever endpoint is used.
         for kind in ["import", "update", "delete"] {
             assert_refused(
                 request_rollback(&app, &a.manager, kind, rollback_id, None).await,
-                404,
+                409,
                 "a rollback of a rollback",
             )
             .await;

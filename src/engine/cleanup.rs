@@ -13,9 +13,14 @@ use crate::domain::now;
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct CleanupReport {
     pub export_files: u64,
+    pub upload_files: u64,
     pub backups: u64,
     pub deleted_patients: u64,
+    pub operations: u64,
 }
+
+/// Finished operations are kept this long (SPEC 9); audit entries forever.
+const OPERATION_RETENTION_DAYS: i64 = 90;
 
 impl Engine {
     /// One cleanup pass.
@@ -28,12 +33,51 @@ impl Engine {
             self.store.clear_output(operation_id).await?;
             report.export_files += 1;
         }
+        report.upload_files = self.purge_uploads().await?;
         report.backups = self.store.purge_backups(at - retention).await?;
         report.deleted_patients = self.store.purge_deleted_patients(at - retention).await?;
+        report.operations = self
+            .store
+            .purge_finished_operations(at - chrono::Duration::days(OPERATION_RETENTION_DAYS))
+            .await?;
         if report != CleanupReport::default() {
             tracing::info!(?report, "cleanup removed data past its retention");
         }
         Ok(report)
+    }
+
+    /// Removes uploaded files no operation will read again: their import has ended, or
+    /// no operation exists (an upload refused or cut off). Files younger than an hour
+    /// are left alone: their upload may still be under way.
+    async fn purge_uploads(&self) -> anyhow::Result<u64> {
+        let dir = self.blobs.root().join("uploads");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let young = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| t.elapsed().unwrap_or_default() < std::time::Duration::from_secs(3600))
+                .unwrap_or(true);
+            let id = name
+                .split('.')
+                .next()
+                .and_then(|s| uuid::Uuid::parse_str(s).ok());
+            let Some(id) = id.filter(|_| !young) else {
+                continue;
+            };
+            let ended = match self.store.operation_status(id).await? {
+                None => true,
+                Some(status) => status.is_final(),
+            };
+            if ended && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Runs the cleanup now and then every `--cleanup-interval` until shutdown.

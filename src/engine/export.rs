@@ -134,6 +134,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             engine.blobs.remove(&name);
             return Ok(Outcome::Cancelled {
                 result: json!({"rows_exported": 0, "format": format.as_str(), "bytes": 0}),
+                note: Some("cancelled while running; the partial file was deleted".into()),
             });
         }
     }

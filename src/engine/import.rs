@@ -116,7 +116,33 @@ fn next_batch(source: &mut Source, max: usize) -> Result<Vec<Record>, RunError> 
     Ok(batch)
 }
 
+/// Runs an import; if it cannot finish (cancelled, aborted on invalid rows, failed),
+/// what it wrote is undone, so it never leaves a partial import behind.
 pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError> {
+    let cursor: ImportCursor = run.cursor();
+    if let Some(undo_state) = cursor.undo.clone() {
+        return finish_undo(run, cursor, undo_state).await;
+    }
+    if run.op.cancel_requested {
+        return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
+    }
+    match import_rows(run, params, cursor).await {
+        Err(err) => match run.final_failure(&err) {
+            Some(message) => {
+                let committed: ImportCursor = run.committed_cursor().await;
+                start_undo(run, committed, undo::Reason::Failed, Some(message)).await
+            }
+            None => Err(err),
+        },
+        done => done,
+    }
+}
+
+async fn import_rows(
+    run: &Run<'_>,
+    params: Parameters,
+    mut cursor: ImportCursor,
+) -> Result<Outcome, RunError> {
     let Parameters::Import {
         blob,
         field_mapping,
@@ -132,17 +158,14 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             result: None,
         });
     };
-    let mut cursor: ImportCursor = run.cursor();
-    if let Some(undo_state) = cursor.undo.clone() {
-        return finish_undo(run, cursor, undo_state).await;
-    }
     let mut source = open_source(run, &blob, field_mapping.as_ref())?;
     let org = run.op.organization_id;
     let dry_run = run.op.dry_run;
     let today = chrono::Utc::now().date_naive();
     let mut seen: HashSet<u64> = HashSet::new();
 
-    // Skip what earlier attempts committed, remembering their UNHCR numbers.
+    // Skip what earlier attempts committed. The skipped rows are validated again
+    // (without writing) so that `seen` holds exactly what an uninterrupted run has.
     let mut to_skip = cursor.records;
     while to_skip > 0 {
         let batch = next_batch(&mut source, (to_skip as usize).min(CHUNK_ROWS))?;
@@ -151,11 +174,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         }
         to_skip -= batch.len() as i64;
         for record in &batch {
-            for (field, raw) in &record.values {
-                if let (&"unhcr_number", RawValue::Text(t)) = (field, raw) {
-                    seen.insert(unhcr_key(t));
-                }
-            }
+            let _ = validate_row(record, &source, date_format, today, &mut seen);
         }
     }
 
@@ -256,12 +275,16 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         });
         chunk.cursor = serde_json::to_string(&cursor).unwrap_or_default();
         if run.commit(chunk).await? {
-            return start_undo(run, cursor, undo::Reason::Cancelled).await;
+            return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
         }
     }
 
     if cursor.failed > 0 && on_error == OnError::Abort {
-        return start_undo(run, cursor, undo::Reason::Aborted).await;
+        let message = format!(
+            "{} rows are invalid and on_error is abort: nothing was imported; see the error report",
+            cursor.failed
+        );
+        return start_undo(run, cursor, undo::Reason::Aborted, Some(message)).await;
     }
     Ok(Outcome::Completed {
         result: result_json(run, &cursor, &source.plan),
@@ -363,8 +386,10 @@ async fn start_undo(
     run: &Run<'_>,
     mut cursor: ImportCursor,
     reason: undo::Reason,
+    message: Option<String>,
 ) -> Result<Outcome, RunError> {
-    let state = undo::UndoCursor::new(reason);
+    let mut state = undo::UndoCursor::new(reason);
+    state.message = message;
     cursor.undo = Some(state.clone());
     finish_undo(run, cursor, state).await
 }
@@ -383,7 +408,8 @@ async fn finish_undo(
             serde_json::to_string(&c).unwrap_or_default()
         }
     };
-    undo::undo_operation(run, run.op.id, true, state, &wrap).await?;
+    // Not forced: a patient someone edited meanwhile keeps the edit and is listed.
+    let done = undo::undo_operation(run, run.op.id, false, state, &wrap).await?;
     // Everything written was undone: nothing counts as imported or updated.
     let result = json!({
         "rows_total": cursor.records,
@@ -393,16 +419,9 @@ async fn finish_undo(
         "rows_failed": cursor.failed,
         "columns_ignored": [],
         "duration_ms": run.elapsed_ms(),
+        "rows_per_second": 0,
         "dry_run": run.op.dry_run,
+        "conflicts": undo::conflicts_json(&done.conflicts),
     });
-    Ok(match reason {
-        undo::Reason::Cancelled => Outcome::Cancelled { result },
-        _ => Outcome::Failed {
-            message: format!(
-                "{} rows are invalid and on_error is abort: nothing was imported; see the error report",
-                cursor.failed
-            ),
-            result,
-        },
-    })
+    Ok(undo::ending(reason, done.message.clone(), result))
 }

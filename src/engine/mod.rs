@@ -104,7 +104,18 @@ impl From<StoreError> for RunError {
                 message: "stored data could not be read".into(),
                 result: None,
             },
-            _ => RunError::Transient(err.into()),
+            // Any other database error is a bug or bad data, not an outage: retrying
+            // would only repeat it. Details go to the log, not to the user.
+            StoreError::Database(e) => {
+                tracing::error!(error = %e, "database error in a running operation");
+                RunError::Failed {
+                    message: "a database error stopped the operation; see the server log".into(),
+                    result: None,
+                }
+            }
+            StoreError::NotFound | StoreError::VersionConflict | StoreError::Migrate(_) => {
+                RunError::Transient(err.into())
+            }
         }
     }
 }
@@ -122,14 +133,32 @@ impl From<std::io::Error> for RunError {
     }
 }
 
+/// Whether a database error is an outage worth retrying: lost connections, a server
+/// shutting down or restarting, resources exhausted, lock contention.
 fn is_transient(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
+    match err {
         sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-    ) || err.to_string().contains("locked")
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            if code.len() == 5 {
+                // PostgreSQL SQLSTATE: connection exception, insufficient resources
+                // (disk full), operator intervention (shutdown), serialization, deadlock.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57P")
+                    || code == "40001"
+                    || code == "40P01"
+            } else {
+                // SQLite primary result codes: BUSY, LOCKED, IOERR, FULL.
+                let primary = code.parse::<i32>().unwrap_or(0) & 0xff;
+                matches!(primary, 5 | 6 | 10 | 13)
+            }
+        }
+        _ => false,
+    }
 }
 
 /// Aborts a task when dropped.
@@ -150,6 +179,8 @@ pub enum Outcome {
     },
     Cancelled {
         result: Value,
+        /// What the user should know beyond "its partial changes were undone".
+        note: Option<String>,
     },
     Failed {
         result: Value,
@@ -201,6 +232,41 @@ impl Run<'_> {
             .as_deref()
             .and_then(|c| serde_json::from_str(c).ok())
             .unwrap_or_default()
+    }
+
+    /// Whether a transient failure now would end the operation instead of a retry.
+    pub fn is_last_attempt(&self) -> bool {
+        self.op.attempt >= self.engine.settings.max_attempts
+    }
+
+    /// The progress state as last committed (what an undo must start from after an
+    /// error lost the in-memory state).
+    pub async fn committed_cursor<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        match self
+            .engine
+            .store
+            .get_operation(self.op.organization_id, self.op.id)
+            .await
+        {
+            Ok(Some(op)) => op
+                .progress_cursor
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or_default(),
+            _ => self.cursor(),
+        }
+    }
+
+    /// The message of a failure that ends the operation, or `None` when it is retried.
+    pub fn final_failure(&self, err: &RunError) -> Option<String> {
+        match err {
+            RunError::Failed { message, .. } => Some(message.clone()),
+            RunError::Transient(_) if self.is_last_attempt() => Some(format!(
+                "failed after {} attempts: the database or the file store was unavailable",
+                self.op.attempt
+            )),
+            _ => None,
+        }
     }
 
     /// Milliseconds since the operation first started.
@@ -385,7 +451,13 @@ impl Engine {
         match self.store.next_due_at().await {
             Ok(Some(due)) => {
                 let until = (due - now()).to_std().unwrap_or(Duration::ZERO);
-                until.clamp(Duration::from_millis(50), POLL)
+                // Due but not claimable (blocked by a dependency or the per-organization
+                // limit): what unblocks it wakes us (a finish here, a NOTIFY elsewhere).
+                if until.is_zero() {
+                    POLL
+                } else {
+                    until.min(POLL)
+                }
             }
             _ => POLL,
         }
@@ -396,7 +468,7 @@ impl Engine {
         let lease_lost = Arc::new(AtomicBool::new(false));
         // Stops the heartbeat however this attempt ends, even when its task is dropped.
         let _heartbeat = AbortOnDrop(self.spawn_heartbeat(&op, lease_lost.clone()));
-        let _ = self
+        if let Err(e) = self
             .store
             .audit_operation(operation_audit(
                 &op,
@@ -404,7 +476,10 @@ impl Engine {
                 "success",
                 json!({"attempt": op.attempt}),
             ))
-            .await;
+            .await
+        {
+            tracing::warn!(operation_id = %op.id, error = %e, "could not audit the start of an operation");
+        }
         let run = Run {
             engine: self,
             op: op.clone(),
@@ -515,7 +590,7 @@ impl Engine {
                 output_expires_at: output.map(|(_, e)| e),
                 ..base
             },
-            Ok(Outcome::Cancelled { result }) => Finish {
+            Ok(Outcome::Cancelled { result, note }) => Finish {
                 status: Status::Cancelled,
                 audit: Some(operation_audit(
                     op,
@@ -524,9 +599,9 @@ impl Engine {
                     json!({"while": "running"}),
                 )),
                 result: Some(result),
-                error_message: Some(
-                    "cancelled while running; its partial changes were undone".into(),
-                ),
+                error_message: Some(note.unwrap_or_else(|| {
+                    "cancelled while running; its partial changes were undone".into()
+                })),
                 ..base
             },
             Ok(Outcome::Failed { result, message }) => Finish {
@@ -586,7 +661,14 @@ impl Engine {
                 }
             }
         };
-        self.store.finish_operation(finish).await?;
+        let ended = finish.status.is_final();
+        if self.store.finish_operation(finish).await?
+            && ended
+            && op.op_type == OperationType::Import
+        {
+            // The upload holds patient data; once the import has ended nobody reads it.
+            self.blobs.remove(&BlobStore::upload_name(op.id));
+        }
         Ok(())
     }
 }

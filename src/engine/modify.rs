@@ -24,7 +24,44 @@ struct ModifyCursor {
     undo: Option<UndoCursor>,
 }
 
+/// Runs an update or delete; if it cannot finish (cancelled, failed), what it changed
+/// is restored from its before-images, so it never leaves a partial change behind.
 pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError> {
+    let is_delete = matches!(params, Parameters::Delete { .. });
+    let create_backup = !matches!(
+        params,
+        Parameters::Update {
+            create_backup: false,
+            ..
+        }
+    );
+    let cursor: ModifyCursor = run.cursor();
+    if let Some(state) = cursor.undo.clone() {
+        return undo_and_end(run, cursor, state, is_delete, create_backup).await;
+    }
+    if run.op.cancel_requested {
+        let state = UndoCursor::new(undo::Reason::Cancelled);
+        return undo_and_end(run, cursor, state, is_delete, create_backup).await;
+    }
+    match modify_rows(run, params, cursor).await {
+        Err(err) => match run.final_failure(&err) {
+            Some(message) => {
+                let mut state = UndoCursor::new(undo::Reason::Failed);
+                state.message = Some(message);
+                let committed: ModifyCursor = run.committed_cursor().await;
+                undo_and_end(run, committed, state, is_delete, create_backup).await
+            }
+            None => Err(err),
+        },
+        done => done,
+    }
+}
+
+async fn modify_rows(
+    run: &Run<'_>,
+    params: Parameters,
+    mut cursor: ModifyCursor,
+) -> Result<Outcome, RunError> {
     let (targets, changes, create_backup, is_delete) = match params {
         Parameters::Update {
             targets,
@@ -43,10 +80,6 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
     let org = run.op.organization_id;
     let filters = targets.as_filters();
     let today = chrono::Utc::now().date_naive();
-    let mut cursor: ModifyCursor = run.cursor();
-    if let Some(state) = cursor.undo.clone() {
-        return undo_and_cancel(run, cursor, state, is_delete).await;
-    }
     let scan = |after| PatientScan {
         org,
         filters: &filters,
@@ -106,8 +139,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
                 cursor = next;
                 if cancel_requested {
                     let state = UndoCursor::new(undo::Reason::Cancelled);
-                    cursor.undo = Some(state.clone());
-                    return undo_and_cancel(run, cursor, state, is_delete).await;
+                    return undo_and_end(run, cursor, state, is_delete, create_backup).await;
                 }
             }
         }
@@ -129,22 +161,50 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
     })
 }
 
-async fn undo_and_cancel(
+/// Restores what this operation changed (its cursor carries the undo's progress, so a
+/// crash mid-undo resumes it) and ends it as cancelled or failed. Without a backup
+/// nothing can be restored: it ends saying how many patients stay changed.
+async fn undo_and_end(
     run: &Run<'_>,
-    cursor: ModifyCursor,
+    mut cursor: ModifyCursor,
     state: UndoCursor,
     is_delete: bool,
+    create_backup: bool,
 ) -> Result<Outcome, RunError> {
+    let reason = state.reason;
+    if !create_backup {
+        let kept = format!(
+            "{} patients were already updated; the update ran without a backup, so they stay updated",
+            cursor.changed
+        );
+        let message = match &state.message {
+            Some(m) => format!("{m}; {kept}"),
+            None => kept,
+        };
+        let result = json!({"patients_matched": cursor.matched, "patients_updated": cursor.changed,
+            "backup_id": null, "duration_ms": run.elapsed_ms()});
+        return Ok(match reason {
+            undo::Reason::Cancelled => Outcome::Cancelled {
+                result,
+                note: Some(message),
+            },
+            _ => Outcome::Failed { message, result },
+        });
+    }
+    cursor.undo = Some(state.clone());
     let save = move |s: &UndoCursor| {
         let mut c = cursor.clone();
         c.undo = Some(s.clone());
         serde_json::to_string(&c).unwrap_or_default()
     };
-    undo::undo_operation(run, run.op.id, true, state, &save).await?;
+    // Not forced: a patient someone edited meanwhile keeps the edit and is listed.
+    let done = undo::undo_operation(run, run.op.id, false, state, &save).await?;
+    let conflicts = undo::conflicts_json(&done.conflicts);
     let result = if is_delete {
-        json!({"patients_deleted": 0})
+        json!({"patients_deleted": 0, "duration_ms": run.elapsed_ms(), "conflicts": conflicts})
     } else {
-        json!({"patients_matched": 0, "patients_updated": 0, "backup_id": null})
+        json!({"patients_matched": 0, "patients_updated": 0, "backup_id": null,
+            "duration_ms": run.elapsed_ms(), "conflicts": conflicts})
     };
-    Ok(Outcome::Cancelled { result })
+    Ok(undo::ending(reason, done.message, result))
 }

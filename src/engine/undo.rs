@@ -23,6 +23,8 @@ pub enum Reason {
     #[default]
     Cancelled,
     Aborted,
+    /// The operation failed part-way; `UndoCursor::message` says why.
+    Failed,
     Rollback,
 }
 
@@ -54,6 +56,9 @@ pub struct UndoCursor {
     /// Patients to look at (created plus backed up), counted when the undo starts.
     #[serde(default)]
     pub total: Option<i64>,
+    /// Why the operation is being undone, for its final `error_message`.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl UndoCursor {
@@ -119,26 +124,37 @@ pub async fn undo_operation(
             })
             .await?;
         let mut chunk = Chunk::default();
+        let mut next = state.clone();
         match page.last() {
             None => {
-                state.phase = Phase::Restore;
-                state.after = None;
+                next.phase = Phase::Restore;
+                next.after = None;
             }
-            Some(last) => state.after = Some(last.id),
+            Some(last) => next.after = Some(last.id),
         }
         for patient in &page {
             // Created at version 1; a later version means someone edited it since.
             if patient.version != 1 && !force {
-                state.conflicts.push(Conflict {
+                next.conflicts.push(Conflict {
                     patient_id: patient.id,
                     reason: "changed after the import (version moved on)".into(),
                 });
             } else {
                 chunk.removals.push(patient.id);
-                state.removed += 1;
+                next.removed += 1;
             }
         }
-        commit_undo_chunk(run, chunk, &state, save).await?;
+        if !force {
+            chunk.removal_version = Some(1);
+        }
+        chunk.cursor = save(&next);
+        chunk.processed = next.processed();
+        chunk.total = next.total;
+        match run.try_commit(chunk).await? {
+            // Edited between our read and the delete: read the page again.
+            ChunkOutcome::Conflict(_) => continue,
+            _ => state = next,
+        }
     }
     while state.phase == Phase::Restore {
         let backups = store.backups(target, state.after, UNDO_CHUNK).await?;
@@ -240,6 +256,24 @@ async fn commit_undo_chunk(
     chunk.total = state.total;
     run.commit(chunk).await?;
     Ok(())
+}
+
+/// How an undone operation ends: cancelled, or failed with the reason it was undone.
+pub fn ending(reason: Reason, message: Option<String>, result: Value) -> Outcome {
+    match reason {
+        Reason::Cancelled => Outcome::Cancelled { result, note: None },
+        Reason::Aborted => Outcome::Failed {
+            message: message.unwrap_or_else(|| "aborted; nothing was changed".into()),
+            result,
+        },
+        Reason::Failed | Reason::Rollback => Outcome::Failed {
+            message: format!(
+                "{}; its partial changes were undone",
+                message.unwrap_or_else(|| "the operation failed".into())
+            ),
+            result,
+        },
+    }
 }
 
 /// The `result.conflicts` list of SPEC 10.

@@ -8,6 +8,7 @@
 //! CSV and XLSX cells are spreadsheet-safe (OWASP CSV injection): text that a spreadsheet
 //! could take for a formula gets a leading `'`. Valid E.164 phone numbers are the one
 //! exception: they are `+` and digits only, cannot carry a formula, and must stay intact.
+//! In CSV, phone cells are always quoted ("quoted as text, not mangled", SPEC 4.2).
 
 use std::io::{self, BufWriter, Write};
 
@@ -132,15 +133,8 @@ pub fn new_writer<W: Write + Send + 'static>(
     }
     Ok(match format {
         ExportFormat::Csv => {
-            // QuoteStyle::Necessary: a cell is quoted only when it holds a delimiter, quote or
-            // line break. Valid phone numbers (`+` and digits) therefore come out byte for
-            // byte as stored. Quoting them would not change how a spreadsheet types the cell
-            // (quotes are not a type marker in CSV), and prefixing `'` would corrupt them;
-            // the XLSX export is where phones are stored as typed text cells.
-            let mut out = csv::WriterBuilder::new()
-                .quote_style(csv::QuoteStyle::Necessary)
-                .from_writer(out);
-            out.write_record(&fields)?;
+            let mut out = BufWriter::new(out);
+            write_csv_record(&mut out, fields.iter().map(|f| (f, false)))?;
             Box::new(CsvExport { out, fields })
         }
         ExportFormat::Json => {
@@ -200,23 +194,67 @@ fn cell_text(patient: &Patient, field: &str) -> String {
     spreadsheet_safe(field, render(&value))
 }
 
+/// Writes one CSV record (RFC 4180 quoting, `\n` line ends). Each cell comes with whether
+/// it is always quoted; any other cell is quoted only when it holds a comma, a quote, CR or
+/// LF, so it reads back exactly as written.
+///
+/// Quoting is per cell, which the csv crate's writer cannot do (its `QuoteStyle` is per
+/// writer): phone cells are always quoted, because SPEC 4.2 wants phone numbers "quoted as
+/// text, not mangled". A quoted `"+254711000301"` keeps every byte, and readers that take
+/// quotes as a text marker (LibreOffice's "format quoted field as text", Python's
+/// `QUOTE_NONNUMERIC`) keep it as text instead of a number that loses its `+`. Prefixing
+/// `'` instead would corrupt the number. Excel ignores the quotes when it opens a CSV,
+/// which is why the XLSX export stores phones as typed text cells. Every other cell keeps
+/// minimal quoting, and the header row (field names) is never quoted.
+fn write_csv_record<W: Write, S: AsRef<str>>(
+    out: &mut W,
+    cells: impl IntoIterator<Item = (S, bool)>,
+) -> io::Result<()> {
+    let mut count = 0;
+    let mut bare_empty = false;
+    for (text, always_quote) in cells {
+        let text = text.as_ref();
+        if count > 0 {
+            out.write_all(b",")?;
+        }
+        count += 1;
+        if always_quote || text.contains([',', '"', '\r', '\n']) {
+            out.write_all(b"\"")?;
+            for (i, part) in text.split('"').enumerate() {
+                if i > 0 {
+                    out.write_all(b"\"\"")?;
+                }
+                out.write_all(part.as_bytes())?;
+            }
+            out.write_all(b"\"")?;
+            bare_empty = false;
+        } else {
+            out.write_all(text.as_bytes())?;
+            bare_empty = text.is_empty();
+        }
+    }
+    if count == 1 && bare_empty {
+        // A record of one empty cell would be a blank line, which readers skip.
+        out.write_all(b"\"\"")?;
+    }
+    out.write_all(b"\n")
+}
+
 struct CsvExport<W: Write> {
-    out: csv::Writer<W>,
+    out: BufWriter<W>,
     fields: Vec<String>,
 }
 
 impl<W: Write + Send> ExportWriter for CsvExport<W> {
     fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
-        for field in &self.fields {
-            self.out.write_field(cell_text(patient, field))?;
-        }
-        // An empty record terminates the one built field by field above.
-        self.out.write_record(None::<&[u8]>)?;
-        Ok(())
+        let cells = self
+            .fields
+            .iter()
+            .map(|field| (cell_text(patient, field), is_phone_field(field)));
+        write_csv_record(&mut self.out, cells)
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        // csv::Writer::flush flushes its buffer and then the inner writer.
         self.out.flush()
     }
 }
@@ -426,8 +464,49 @@ mod tests {
         ];
         assert_eq!(given, [&expected[..], &["'\tTab"]].concat());
         assert_eq!(&rows[0][1], "+254711000301");
-        assert!(out.contains(",+254711000301,"));
+        assert!(
+            out.contains(",\"+254711000301\","),
+            "phone cells are quoted: {out}"
+        );
         assert_eq!((&rows[0][2], &rows[0][3]), ("so;sw;en", "2"));
+    }
+
+    #[test]
+    fn csv_quotes_phone_cells_and_only_cells_that_need_it_otherwise() {
+        let fields = "unhcr_number given_name phone_number emergency_contact_phone family_name";
+        let mut quoted = patient(1, "Ali, \"Jr\"", "+254711000301");
+        quoted.fields.emergency_contact_phone = Some("+254711000999".into());
+        quoted.fields.family_name = "Line\r\nTwo".into();
+        let mut bare = patient(2, "Amina", "+1+cmd|x");
+        bare.fields.family_name = String::new();
+        let out = export(ExportFormat::Csv, fields, &[quoted, bare]);
+        let expected = [
+            "unhcr_number,given_name,phone_number,emergency_contact_phone,family_name",
+            "KEN-24-000001,\"Ali, \"\"Jr\"\"\",\"+254711000301\",\"+254711000999\",\"Line\r\nTwo\"",
+            "KEN-24-000002,Amina,\"'+1+cmd|x\",\"\",",
+            "",
+        ];
+        assert_eq!(out, expected.join("\n"));
+
+        // It reads back cell for cell (RFC 4180).
+        let mut reader = csv::Reader::from_reader(out.as_bytes());
+        let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("record")).collect();
+        let cells = |row: usize| -> Vec<&str> { rows[row].iter().collect() };
+        assert_eq!(
+            cells(0),
+            [
+                "KEN-24-000001",
+                "Ali, \"Jr\"",
+                "+254711000301",
+                "+254711000999",
+                "Line\r\nTwo"
+            ]
+        );
+        assert_eq!(cells(1), ["KEN-24-000002", "Amina", "'+1+cmd|x", "", ""]);
+
+        // A one-column row with an empty cell is `""`, not a blank line readers would skip.
+        let single = export(ExportFormat::Csv, "middle_names", &[patient(3, "A", "")]);
+        assert_eq!(single, "middle_names\n\"\"\n");
     }
 
     #[test]

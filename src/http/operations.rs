@@ -112,6 +112,13 @@ async fn cancel(
         state.store.append_audit(entry).await?;
         return Err(AppError::Forbidden("bulk.cancel"));
     }
+    if op.op_type == OperationType::Rollback && (op.status == Status::Processing || op.attempt > 0)
+    {
+        // Stopping a restore half-way would leave a mix of old and new values.
+        return Err(AppError::Conflict(
+            "a rollback that has started cannot be cancelled; let it finish".into(),
+        ));
+    }
     if op.status.is_final() {
         return Err(AppError::Conflict(format!(
             "the operation has already ended ({}); only scheduled or running operations can be cancelled",

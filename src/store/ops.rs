@@ -41,6 +41,9 @@ pub struct Chunk {
     pub writes: Vec<PatientWrite>,
     /// Patients to remove outright (rows an import created, on undo).
     pub removals: Vec<Uuid>,
+    /// When set, a removal happens only if the patient still has this version; if any
+    /// does not, the chunk commits nothing and reports a conflict.
+    pub removal_version: Option<i64>,
     pub row_errors: Vec<RowError>,
 }
 
@@ -189,6 +192,11 @@ pub trait OpsStore: Send + Sync {
     async fn expired_exports(&self, now: DateTime<Utc>) -> StoreResult<Vec<(Uuid, String)>>;
     /// Forgets an operation's export file once it has been removed.
     async fn clear_output(&self, operation_id: Uuid) -> StoreResult<()>;
+    /// The status of any operation (internal: the cleanup's check of upload files).
+    async fn operation_status(&self, id: Uuid) -> StoreResult<Option<Status>>;
+    /// Removes finished operations completed before `before`, with their row errors,
+    /// backups and dependencies (audit entries stay).
+    async fn purge_finished_operations(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Removes patients soft-deleted before `before` for good.
     async fn purge_deleted_patients(&self, before: DateTime<Utc>) -> StoreResult<u64>;
     /// Brings the planner's statistics up to date while a bulk operation grows or

@@ -282,7 +282,7 @@ macro_rules! ops_store_impl {
                 let scheduled = sqlx::query(
                     "UPDATE bulk_operations SET status = 'cancelled', completed_at = $3, updated_at = $3, \
                      error_message = 'cancelled before it started' \
-                     WHERE id = $1 AND organization_id = $2 AND status = 'scheduled'",
+                     WHERE id = $1 AND organization_id = $2 AND status = 'scheduled' AND attempt = 0",
                 )
                 .bind(id)
                 .bind(org)
@@ -290,8 +290,10 @@ macro_rules! ops_store_impl {
                 .execute(&mut *tx)
                 .await?;
                 let running = sqlx::query(
-                    "UPDATE bulk_operations SET cancel_requested = TRUE, updated_at = $3 \
-                     WHERE id = $1 AND organization_id = $2 AND status = 'processing'",
+                    "UPDATE bulk_operations SET cancel_requested = TRUE, updated_at = $3, \
+                     next_attempt_at = CASE WHEN status = 'scheduled' THEN $3 ELSE next_attempt_at END \
+                     WHERE id = $1 AND organization_id = $2 \
+                     AND (status = 'processing' OR (status = 'scheduled' AND attempt > 0))",
                 )
                 .bind(id)
                 .bind(org)
@@ -340,18 +342,22 @@ macro_rules! ops_store_impl {
                 let sql = format!(
                     "UPDATE bulk_operations SET status = 'processing', attempt = attempt + 1, lease_owner = $2, \
                      lease_expires_at = $3, started_at = COALESCE(started_at, $4), next_attempt_at = NULL, \
-                     updated_at = $4 WHERE id = $1 RETURNING {}",
+                     updated_at = $4 WHERE id = $1 \
+                     AND (status = 'scheduled' OR (status = 'processing' AND lease_expires_at < $4)) \
+                     RETURNING {}",
                     $crate::store::ops_sql::OPERATION_COLUMNS
                 );
+                // The status is checked again: a cancel or a finish may have committed
+                // since the candidate was read (the claim lock orders only claimers).
                 let row = sqlx::query(&sql)
                     .bind(id)
                     .bind(worker)
                     .bind(lease_until)
                     .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
                 tx.commit().await?;
-                Ok(self.operations_with_deps(vec![row]).await?.into_iter().next())
+                Ok(self.operations_with_deps(row.into_iter().collect()).await?.into_iter().next())
             }
 
             async fn next_due_at(&self) -> $crate::store::StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
@@ -382,7 +388,8 @@ macro_rules! ops_store_impl {
                     "SELECT o.id, p.id, p.status FROM bulk_operations o \
                      JOIN operation_dependencies d ON d.operation_id = o.id \
                      JOIN bulk_operations p ON p.id = d.depends_on_id \
-                     WHERE o.status = 'scheduled' AND p.status IN ('failed', 'cancelled', 'rolled_back')",
+                     WHERE o.status = 'scheduled' AND o.attempt = 0 \
+                     AND p.status IN ('failed', 'cancelled', 'rolled_back')",
                 )
                 .fetch_all(self.reader())
                 .await?;
@@ -391,7 +398,7 @@ macro_rules! ops_store_impl {
                     let message = format!("cancelled because the operation it depends on ({dep}) is {dep_status}");
                     let done = sqlx::query(
                         "UPDATE bulk_operations SET status = 'cancelled', error_message = $2, completed_at = $3, \
-                         updated_at = $3 WHERE id = $1 AND status = 'scheduled'",
+                         updated_at = $3 WHERE id = $1 AND status = 'scheduled' AND attempt = 0",
                     )
                     .bind(id)
                     .bind(&message)
@@ -517,15 +524,24 @@ macro_rules! ops_store_impl {
                     qb.push(" ON CONFLICT (operation_id, patient_id) DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
                 }
+                let mut removed = 0;
                 for batch in chunk.removals.chunks(1000) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM patients WHERE organization_id = ");
-                    qb.push_bind(op.organization_id).push(" AND id IN (");
+                    qb.push_bind(op.organization_id);
+                    if let Some(version) = chunk.removal_version {
+                        qb.push(" AND version = ").push_bind(version);
+                    }
+                    qb.push(" AND id IN (");
                     let mut list = qb.separated(", ");
                     for id in batch {
                         list.push_bind(*id);
                     }
                     qb.push(")");
-                    qb.build().execute(&mut *tx).await?;
+                    removed += qb.build().execute(&mut *tx).await?.rows_affected();
+                }
+                if chunk.removal_version.is_some() && removed != chunk.removals.len() as u64 {
+                    // Edited between our read and this delete: nothing is committed.
+                    return Ok(ChunkOutcome::Conflict(uuid::Uuid::nil()));
                 }
                 for batch in chunk.row_errors.chunks(1000) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
@@ -729,7 +745,11 @@ macro_rules! ops_store_impl {
             }
 
             async fn purge_backups(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {
-                let done = sqlx::query("DELETE FROM operation_backups WHERE created_at < $1")
+                // Measured from the operation's completion, as the rollback window is.
+                let done = sqlx::query(
+                    "DELETE FROM operation_backups WHERE operation_id IN \
+                     (SELECT id FROM bulk_operations WHERE completed_at < $1)",
+                )
                     .bind(before)
                     .execute(self.writer())
                     .await?;
@@ -754,6 +774,39 @@ macro_rules! ops_store_impl {
                     .execute(self.writer())
                     .await?;
                 Ok(())
+            }
+
+            async fn operation_status(
+                &self,
+                id: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Status>> {
+                let row: Option<(String,)> = sqlx::query_as("SELECT status FROM bulk_operations WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                Ok(row.and_then(|(s,)| $crate::domain::operation::Status::parse(&s)))
+            }
+
+            async fn purge_finished_operations(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<u64> {
+                const OLD: &str = "SELECT id FROM bulk_operations WHERE completed_at < $1 \
+                    AND status IN ('completed', 'failed', 'cancelled', 'rolled_back')";
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                for sql in [
+                    format!("DELETE FROM operation_dependencies WHERE operation_id IN ({OLD}) OR depends_on_id IN ({OLD})"),
+                    format!("DELETE FROM operation_row_errors WHERE operation_id IN ({OLD})"),
+                    format!("DELETE FROM operation_backups WHERE operation_id IN ({OLD})"),
+                ] {
+                    sqlx::query(&sql).bind(before).execute(&mut *tx).await?;
+                }
+                let done = sqlx::query(&format!("DELETE FROM bulk_operations WHERE id IN ({OLD})"))
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
             }
 
             async fn purge_deleted_patients(&self, before: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<u64> {

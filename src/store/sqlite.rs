@@ -49,6 +49,7 @@ impl SqliteStore {
             })
             .connect_with(options.clone())
             .await?;
+        restrict_to_owner(options.get_filename());
         let read = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -88,6 +89,17 @@ impl SqliteStore {
             .run(&self.write)
             .await?;
         Ok(())
+    }
+}
+
+/// The database file holds the patients table in plaintext: only its owner may read
+/// it (and its WAL and shared-memory files, which SQLite creates with the same mode).
+fn restrict_to_owner(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600));
     }
 }
 

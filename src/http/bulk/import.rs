@@ -25,6 +25,10 @@ use crate::http::AppState;
 /// The largest multipart option part (field_mapping is the biggest one).
 const MAX_OPTION_BYTES: usize = 256 * 1024;
 
+/// The largest JSON `csv_data` import: the JSON form is parsed in memory, so larger
+/// files go as multipart, which streams.
+const MAX_JSON_IMPORT_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Options of an import, from JSON or from multipart text parts.
 const IMPORT_FIELDS: [&str; 6] = [
     "field_mapping",
@@ -254,12 +258,11 @@ async fn receive_upload(
             }
         }
     } else {
-        let bytes = axum::body::to_bytes(
-            Body::new(request.into_body()),
-            usize::try_from(limit).unwrap_or(usize::MAX),
-        )
-        .await
-        .map_err(|_| AppError::PayloadTooLarge(limit))?;
+        // The JSON form is read whole, so it is capped lower than multipart uploads.
+        let json_limit = usize::try_from(limit.min(MAX_JSON_IMPORT_BYTES)).unwrap_or(usize::MAX);
+        let bytes = axum::body::to_bytes(Body::new(request.into_body()), json_limit)
+            .await
+            .map_err(|_| AppError::PayloadTooLarge(json_limit as u64))?;
         let body: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| {
             AppError::BadRequest(
                 "send multipart/form-data with a `file` part, or JSON with `csv_data`".into(),

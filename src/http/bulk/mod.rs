@@ -30,6 +30,9 @@ use crate::domain::{new_id, now, FieldError};
 use crate::formats::export::{check_fields, ExportFormat, DEFAULT_EXPORT_FIELDS};
 use crate::store::StoreError;
 
+/// Patients one request may name by id; larger selections use filters.
+const MAX_TARGET_IDS: usize = 10_000;
+
 /// Scheduling requests one user may make in a minute (SPEC 10).
 const MAX_SCHEDULES_PER_USER_MINUTE: i64 = 60;
 
@@ -191,6 +194,14 @@ fn reject_unknown(body: &Map<String, Value>, allowed: &[&str], errors: &mut Vec<
 fn parse_targets(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Option<Targets> {
     match (body.get("patient_ids"), body.get("filters")) {
         (Some(ids), None) => match ids.as_array() {
+            Some(items) if items.len() > MAX_TARGET_IDS => {
+                errors.push(FieldError::new(
+                    "patient_ids",
+                    "too_many",
+                    &format!("at most {MAX_TARGET_IDS} ids; use filters to target more patients"),
+                ));
+                None
+            }
             Some(items) if !items.is_empty() => {
                 let parsed: Option<Vec<Uuid>> = items
                     .iter()
@@ -381,7 +392,7 @@ async fn accept(
                 .find_by_idempotency_key(caller.user.id, &key)
                 .await?
             {
-                return Ok(created(StatusCode::CREATED, &first));
+                return Ok(created(scheduled_status(&first), &first));
             }
             return Err(AppError::Conflict(
                 "the Idempotency-Key is in use; retry".into(),
@@ -403,6 +414,15 @@ async fn accept(
     Ok(created(status, &op))
 }
 
+/// The answer to a scheduling request: 201, or 202 for a rollback (SPEC 4.6).
+fn scheduled_status(op: &Operation) -> StatusCode {
+    if op.op_type == OperationType::Rollback {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    }
+}
+
 fn created(status: StatusCode, op: &Operation) -> Response {
     let location = format!("/api/v2/bulk-operations/{}/status", op.id);
     (status, [(header::LOCATION, location)], Json(op.to_json())).into_response()
@@ -417,7 +437,7 @@ fn idempotency_key(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The earlier operation for a repeated `Idempotency-Key`, and the scheduling limits.
-async fn preflight(
+pub(super) async fn preflight(
     state: &AppState,
     caller: &AuthUser,
     headers: &HeaderMap,
@@ -429,7 +449,7 @@ async fn preflight(
             .await?
         {
             if op.created_at > now() - chrono::Duration::hours(24) {
-                return Ok(Some(created(StatusCode::CREATED, &op)));
+                return Ok(Some(created(scheduled_status(&op), &op)));
             }
             state.store.clear_idempotency_key(op.id).await?;
         }

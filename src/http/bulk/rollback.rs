@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{accept, Common};
+use super::{accept, preflight, Common};
 use crate::domain::operation::{OperationType, Parameters, Status};
 use crate::domain::{new_id, now};
 use crate::http::error::{AppError, AppResult};
@@ -22,12 +22,23 @@ async fn rollback(
     expected: OperationType,
     body: Option<Map<String, Value>>,
 ) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
     let target = state
         .store
         .get_operation(caller.org(), target_id)
         .await?
-        .filter(|op| op.op_type == expected)
         .ok_or(AppError::NotFound("operation"))?;
+    if target.op_type == OperationType::Rollback {
+        return Err(AppError::Conflict(
+            "a rollback cannot be rolled back: run the original operation again instead".into(),
+        ));
+    }
+    if target.op_type != expected {
+        // An import id at the update endpoint, say: no such update exists.
+        return Err(AppError::NotFound("operation"));
+    }
     let force = body
         .as_ref()
         .and_then(|b| b.get("force"))
