@@ -227,3 +227,123 @@ dual_test!(
         assert_eq!(verify["intact"], true);
     }
 );
+
+/// Runs an import of `rows` until at least `done` rows are committed, then kills the
+/// worker; returns the operation id.
+async fn import_killed_midway(
+    app: &TestApp,
+    token: &str,
+    org: Uuid,
+    rows: usize,
+    done: i64,
+) -> Uuid {
+    let response = app.schedule_import(token, &csv(rows), json!({})).await;
+    let op: Value = response.json().await.unwrap();
+    let id = Uuid::parse_str(op["id"].as_str().unwrap()).unwrap();
+    let worker =
+        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
+            .unwrap();
+    let killed = tokio::spawn(async move { worker.run_once().await });
+    for _ in 0..5000 {
+        let op = app.store.get_operation(org, id).await.unwrap().unwrap();
+        if op.progress_processed >= done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    killed.abort();
+    let _ = killed.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        app.count("SELECT COUNT(*) FROM patients").await > 0,
+        "part of it was written"
+    );
+    id
+}
+
+async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+    let org = app.create_org("Clinic").await;
+    let token = app.user_token(org, Role::DataManager).await;
+    let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
+    // As a transient failure leaves it: back to `scheduled`, retry in an hour.
+    let later = at(chrono::Utc::now() + chrono::Duration::hours(1));
+    app.raw_sql(&format!(
+        "UPDATE bulk_operations SET status = 'scheduled', next_attempt_at = '{later}', \
+         lease_expires_at = NULL, lease_owner = NULL"
+    ))
+    .await
+    .unwrap();
+
+    let response = app
+        .post_json(
+            &token,
+            &format!("/api/v2/bulk-operations/{id}/cancel"),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let op: Value = response.json().await.unwrap();
+    assert_eq!(
+        op["status"], "scheduled",
+        "not cancelled on the spot: it has work to undo"
+    );
+    assert_eq!(op["cancel_requested"], true);
+    assert_eq!(
+        app.engine.run_once().await.unwrap(),
+        Ran::Operation(id),
+        "due at once"
+    );
+    let done = app.wait_until_done(&token, &id.to_string()).await;
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote_on_sqlite() {
+    a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote_on_postgres() {
+    a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(Backend::Postgres).await;
+}
+
+async fn an_import_that_fails_part_way_leaves_no_patient(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+    let org = app.create_org("Clinic").await;
+    let token = app.user_token(org, Role::DataManager).await;
+    let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
+    // The stored upload is damaged while the import waits to be resumed.
+    let upload = app.dir.path().join(format!("blobs/uploads/{id}.csv.enc"));
+    let mut bytes = std::fs::read(&upload).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&upload, bytes).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let done = app.wait_until_done(&token, &id.to_string()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["error_message"].as_str().unwrap();
+    assert!(message.contains("partial changes were undone"), "{message}");
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM patients").await,
+        0,
+        "no partial import"
+    );
+    assert!(
+        !upload.exists(),
+        "the upload is removed once the import has ended"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_fails_part_way_leaves_no_patient_on_sqlite() {
+    an_import_that_fails_part_way_leaves_no_patient(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_that_fails_part_way_leaves_no_patient_on_postgres() {
+    an_import_that_fails_part_way_leaves_no_patient(Backend::Postgres).await;
+}
