@@ -266,6 +266,12 @@ async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(backe
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
+    // The killed worker may have left the writer connection inside a transaction; the
+    // store's next write discards that connection (and its lock) before we write here.
+    app.store
+        .heartbeat(Uuid::nil(), 0, haven::domain::now())
+        .await
+        .unwrap();
     // As a transient failure leaves it: back to `scheduled`, retry in an hour.
     let later = at(chrono::Utc::now() + chrono::Duration::hours(1));
     app.raw_sql(&format!(

@@ -363,12 +363,23 @@ pub fn row_values(plan: &ColumnPlan, record: &StringRecord) -> Vec<(&'static str
 mod tests {
     use super::*;
 
-    const ALIASES_FILE: &str =
-        include_str!("/work/shared/samples/patients-aliases-ddmmyyyy-bom-crlf.csv");
+    const ALIASES_FILE: &str = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/samples/patients-aliases-ddmmyyyy-bom-crlf.csv"
+    ));
     const CANONICAL: [&str; 3] = [
-        include_str!("/work/shared/samples/patients-basic.csv"),
-        include_str!("/work/shared/samples/patients-bad-rows.csv"),
-        include_str!("/work/shared/samples/patients-formula-injection.csv"),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/samples/patients-basic.csv"
+        )),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/samples/patients-bad-rows.csv"
+        )),
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/samples/patients-formula-injection.csv"
+        )),
     ];
 
     fn strings(cells: &[&str]) -> Vec<String> {

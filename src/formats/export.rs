@@ -424,7 +424,10 @@ mod tests {
 
     /// The given names of the formula-injection sample, read with the import reader.
     fn injection_patients() -> Vec<Patient> {
-        let text = include_str!("/work/shared/samples/patients-formula-injection.csv");
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/samples/patients-formula-injection.csv"
+        ));
         let mut reader = super::super::csv_import::open(text.as_bytes()).expect("open");
         let mut patients = Vec::new();
         while let Some(row) = reader.next_record() {

@@ -34,6 +34,11 @@ pub fn router(state: AppState) -> Router {
         .merge(bulk::routes())
         .merge(operations::routes())
         .fallback(|| async { error::AppError::NotFound("route") })
+        // A known path with another method: 405 with the JSON error body (axum keeps
+        // its `Allow` header). It applies to the routes present, so it comes last.
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            error::AppError::MethodNotAllowed(method.to_string())
+        })
         .with_state(state)
 }
 

@@ -41,10 +41,20 @@ impl SqliteStore {
             // A transaction dropped mid-way (a client gone, a task cancelled) is rolled
             // back by the connection's worker thread after the connection is back in the
             // pool; a ping waits for that, so the next BEGIN finds no transaction open.
+            //
+            // A BEGIN whose future was dropped before sqlx took note of it leaves a
+            // transaction (and the write lock) open that nothing will end: a ROLLBACK
+            // that succeeds finds such a connection, and it is discarded.
             .before_acquire(|conn, _meta| {
                 Box::pin(async move {
-                    sqlx::Connection::ping(conn).await?;
-                    Ok(true)
+                    sqlx::Connection::ping(&mut *conn).await?;
+                    let leaked = sqlx::query("ROLLBACK").execute(&mut *conn).await.is_ok();
+                    if leaked {
+                        tracing::warn!(
+                            "discarding a database connection left inside a transaction"
+                        );
+                    }
+                    Ok(!leaked)
                 })
             })
             .connect_with(options.clone())

@@ -319,10 +319,10 @@ macro_rules! dual_test {
     };
 }
 
-/// A sample file of `../shared/samples`.
+/// A sample file of `tests/samples` (a copy of the shared samples, kept in the repository).
 pub fn sample(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/samples")
+        .join("tests/samples")
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("sample {}: {e}", path.display()))
 }
