@@ -199,14 +199,30 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 async fn open_store_without_migrating(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    // Owner-only when Haven creates it: it holds the database, the key and the blobs.
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+    }
     crate::store::connect(&config.database_url())
         .await
         .context("opening the database")
 }
 
 fn blob_store(config: &Config) -> anyhow::Result<BlobStore> {
+    if let Some(url) = config
+        .blob_store
+        .as_deref()
+        .filter(|b| b.contains("://") && !b.starts_with("file://"))
+    {
+        anyhow::bail!(
+            "--blob-store {url}: only a directory is supported so far (S3 is not built yet)"
+        );
+    }
     let blobs = BlobStore::new(config.blob_dir());
     blobs
         .ensure_dirs()

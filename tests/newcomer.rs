@@ -65,6 +65,19 @@ async fn first_start_prints_working_credentials(backend: Backend) {
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
+    let dir_mode = std::fs::metadata(&data_dir).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "the data dir is the owner's only");
+    if backend == Backend::Sqlite {
+        let db_mode = std::fs::metadata(data_dir.join("haven.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            db_mode & 0o777,
+            0o600,
+            "the database file is the owner's only"
+        );
+    }
 
     let client = reqwest::Client::new();
     let base = url.expect("URL line");
@@ -114,6 +127,30 @@ async fn a_fresh_data_dir_serves_and_the_printed_login_works_on_sqlite() {
 #[tokio::test]
 async fn a_fresh_database_serves_and_the_printed_login_works_on_postgres() {
     first_start_prints_working_credentials(Backend::Postgres).await;
+}
+
+#[test]
+fn an_s3_blob_store_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::haven_bin())
+        .args([
+            "serve",
+            "--no-bootstrap",
+            "--listen",
+            "127.0.0.1:0",
+            "--blob-store",
+            "s3://bucket/prefix",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("S3 is not built yet"));
+    assert!(
+        !dir.path().join("s3:").exists(),
+        "no local directory named after the URL"
+    );
 }
 
 #[tokio::test]
