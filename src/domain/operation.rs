@@ -182,6 +182,19 @@ impl Targets {
     }
 }
 
+impl Parameters {
+    /// The kind of operation these parameters run.
+    pub fn operation_type(&self) -> OperationType {
+        match self {
+            Parameters::Import { .. } => OperationType::Import,
+            Parameters::Export { .. } => OperationType::Export,
+            Parameters::Update { .. } => OperationType::Update,
+            Parameters::Delete { .. } => OperationType::Delete,
+            Parameters::Rollback { .. } => OperationType::Rollback,
+        }
+    }
+}
+
 /// Everything an operation needs to run; stored sealed in `parameters`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

@@ -15,7 +15,7 @@ use super::{accept, fail_if, parse_common, preflight, reject_unknown};
 use crate::blobs::BlobStore;
 use crate::crypto::AsyncEncryptedFile;
 use crate::domain::new_id;
-use crate::domain::operation::{ImportMode, OnError, OperationType, Parameters};
+use crate::domain::operation::{ImportMode, OnError, Parameters};
 use crate::domain::patient::DateFormat;
 use crate::domain::FieldError;
 use crate::http::error::{AppError, AppResult};
@@ -137,16 +137,7 @@ async fn validate_import(
         date_format,
         size_bytes,
     };
-    accept(
-        state,
-        caller,
-        headers,
-        OperationType::Import,
-        common,
-        params,
-        id,
-    )
-    .await
+    accept(state, caller, headers, common, params, id).await
 }
 
 async fn check_header(

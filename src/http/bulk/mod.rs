@@ -314,11 +314,11 @@ async fn accept(
     state: &AppState,
     caller: &AuthUser,
     headers: &HeaderMap,
-    op_type: OperationType,
     common: Common,
     params: Parameters,
     id: Uuid,
 ) -> AppResult<Response> {
+    let op_type = params.operation_type();
     for dep in &common.depends_on {
         if state
             .store
@@ -544,16 +544,7 @@ async fn schedule_export(
         filters,
         include_deleted,
     };
-    accept(
-        &state,
-        &caller,
-        &headers,
-        OperationType::Export,
-        common,
-        params,
-        new_id(),
-    )
-    .await
+    accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
 async fn schedule_update(
@@ -607,16 +598,7 @@ async fn schedule_update(
         changes,
         create_backup,
     };
-    accept(
-        &state,
-        &caller,
-        &headers,
-        OperationType::Update,
-        common,
-        params,
-        new_id(),
-    )
-    .await
+    accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
 async fn schedule_delete(
@@ -647,7 +629,6 @@ async fn schedule_delete(
         &state,
         &caller,
         &headers,
-        OperationType::Delete,
         common,
         Parameters::Delete { targets },
         new_id(),

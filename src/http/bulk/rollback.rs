@@ -117,16 +117,7 @@ async fn rollback(
         target_operation_id: target_id,
         force,
     };
-    accept(
-        &state,
-        &caller,
-        &headers,
-        OperationType::Rollback,
-        common,
-        params,
-        new_id(),
-    )
-    .await
+    accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
 /// An optional JSON body (`{"force": true}`); an empty body means no options.
