@@ -194,6 +194,9 @@ pub struct Run<'a> {
     pub op: Operation,
     lease_lost: Arc<AtomicBool>,
     commits: std::sync::atomic::AtomicU64,
+    /// Milliseconds since the Unix epoch of the last committed chunk, read by the
+    /// heartbeat: an attempt that stops making progress stops renewing its lease.
+    last_progress: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Run<'_> {
@@ -214,6 +217,8 @@ impl Run<'_> {
             return Err(RunError::LeaseLost);
         }
         let outcome = self.engine.store.commit_chunk(&self.op, chunk).await?;
+        self.last_progress
+            .store(now().timestamp_millis(), Ordering::Relaxed);
         // After the 2nd chunk and every 20th, while the table changes under the plans.
         let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
         if n == 2 || n.is_multiple_of(20) {
@@ -466,8 +471,10 @@ impl Engine {
     /// Runs one claimed attempt and records its end.
     async fn execute(&self, op: Operation) {
         let lease_lost = Arc::new(AtomicBool::new(false));
+        let last_progress = Arc::new(std::sync::atomic::AtomicI64::new(now().timestamp_millis()));
         // Stops the heartbeat however this attempt ends, even when its task is dropped.
-        let _heartbeat = AbortOnDrop(self.spawn_heartbeat(&op, lease_lost.clone()));
+        let _heartbeat =
+            AbortOnDrop(self.spawn_heartbeat(&op, lease_lost.clone(), last_progress.clone()));
         if let Err(e) = self
             .store
             .audit_operation(operation_audit(
@@ -485,6 +492,7 @@ impl Engine {
             op: op.clone(),
             lease_lost,
             commits: std::sync::atomic::AtomicU64::new(0),
+            last_progress,
         };
         let outcome = if op.attempt > self.settings.max_attempts {
             Err(RunError::Failed {
@@ -499,17 +507,27 @@ impl Engine {
         }
     }
 
+    /// Renews the lease every third of its duration while the attempt makes progress.
+    /// An attempt stuck for `STALL_LIMIT` without committing a chunk stops renewing, so
+    /// another worker takes the operation over (the stuck one can no longer commit).
     fn spawn_heartbeat(
         &self,
         op: &Operation,
         lost: Arc<AtomicBool>,
+        last_progress: Arc<std::sync::atomic::AtomicI64>,
     ) -> tokio::task::JoinHandle<()> {
+        const STALL_LIMIT_MS: i64 = 10 * 60 * 1000;
         let store = self.store.clone();
         let (id, attempt, lease) = (op.id, op.attempt, self.settings.lease);
         tokio::spawn(async move {
             let every = lease / 3;
             loop {
                 tokio::time::sleep(every).await;
+                let stalled_ms = now().timestamp_millis() - last_progress.load(Ordering::Relaxed);
+                if stalled_ms > STALL_LIMIT_MS {
+                    tracing::warn!(operation_id = %id, "no progress for 10 minutes; letting the lease expire");
+                    return;
+                }
                 let until = now()
                     + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
                 match store.heartbeat(id, attempt, until).await {
