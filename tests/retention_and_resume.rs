@@ -114,6 +114,10 @@ async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(backend
         .await
         .unwrap();
     assert_eq!(target["status"], "rolled_back");
+    let trail = app
+        .count("SELECT COUNT(*) FROM audit_events WHERE action = 'operation.rolled_back'")
+        .await;
+    assert_eq!(trail, 1, "the import's audit trail says it was rolled back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,4 +356,42 @@ async fn an_import_that_fails_part_way_leaves_no_patient_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_that_fails_part_way_leaves_no_patient_on_postgres() {
     an_import_that_fails_part_way_leaves_no_patient(Backend::Postgres).await;
+}
+
+async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--workers",
+            "0",
+            "--lease-duration",
+            "1s",
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    let org = app.create_org("Clinic").await;
+    let token = app.user_token(org, Role::DataManager).await;
+    let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let done = app.wait_until_done(&token, &id.to_string()).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    let message = done["error_message"].as_str().unwrap();
+    assert!(
+        message.contains("gave up") && message.contains("undone"),
+        "{message}"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows_on_sqlite() {
+    an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows_on_postgres() {
+    an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(Backend::Postgres).await;
 }

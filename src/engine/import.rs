@@ -126,6 +126,9 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
     if run.op.cancel_requested {
         return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
     }
+    if let Some(message) = run.attempts_exhausted() {
+        return start_undo(run, cursor, undo::Reason::Failed, Some(message)).await;
+    }
     match import_rows(run, params, cursor).await {
         Err(err) => match run.final_failure(&err) {
             Some(message) => {

@@ -239,6 +239,17 @@ impl Run<'_> {
             .unwrap_or_default()
     }
 
+    /// Set when earlier attempts used them all up (workers that kept crashing): the
+    /// operation must end now, after undoing what it wrote.
+    pub fn attempts_exhausted(&self) -> Option<String> {
+        (self.op.attempt > self.engine.settings.max_attempts).then(|| {
+            format!(
+                "gave up after {} attempts (the workers running it stopped)",
+                self.engine.settings.max_attempts
+            )
+        })
+    }
+
     /// Whether a transient failure now would end the operation instead of a retry.
     pub fn is_last_attempt(&self) -> bool {
         self.op.attempt >= self.engine.settings.max_attempts
@@ -494,7 +505,12 @@ impl Engine {
             commits: std::sync::atomic::AtomicU64::new(0),
             last_progress,
         };
-        let outcome = if op.attempt > self.settings.max_attempts {
+        // Imports, updates and deletes see this themselves, to undo what they wrote.
+        let undoes_itself = matches!(
+            op.op_type,
+            OperationType::Import | OperationType::Update | OperationType::Delete
+        );
+        let outcome = if op.attempt > self.settings.max_attempts && !undoes_itself {
             Err(RunError::Failed {
                 message: format!("gave up after {} attempts", self.settings.max_attempts),
                 result: None,

@@ -43,6 +43,11 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         let state = UndoCursor::new(undo::Reason::Cancelled);
         return undo_and_end(run, cursor, state, is_delete, create_backup).await;
     }
+    if let Some(message) = run.attempts_exhausted() {
+        let mut state = UndoCursor::new(undo::Reason::Failed);
+        state.message = Some(message);
+        return undo_and_end(run, cursor, state, is_delete, create_backup).await;
+    }
     match modify_rows(run, params, cursor).await {
         Err(err) => match run.final_failure(&err) {
             Some(message) => {

@@ -314,6 +314,16 @@ pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Ou
         .store
         .mark_rolled_back(run.op.organization_id, target)
         .await?;
+    // The target's own trail records that it was rolled back, and by which operation.
+    let mut entry = super::operation_audit(
+        &run.op,
+        "operation.rolled_back",
+        "success",
+        json!({"rollback_operation_id": run.op.id, "conflicts": done.conflicts.len()}),
+    );
+    entry.resource_id = Some(target.to_string());
+    entry.operation_id = Some(target);
+    run.engine.store.audit_operation(entry).await?;
     Ok(Outcome::Completed {
         result: json!({
             "target_operation_id": target,

@@ -373,14 +373,15 @@ async fn accept(
         progress_cursor: None,
         depends_on: common.depends_on,
     };
-    let audit = caller.actor().entry(
+    let mut audit = caller.actor().entry(
         "operation.schedule",
         "bulk_operation",
         Some(id.to_string()),
         "success",
-        json!({"type": op_type.as_str(), "dry_run": op.dry_run, "scheduled_at": crate::domain::rfc3339(&op.scheduled_at)}),
+        json!({"type": op_type.as_str(), "dry_run": op.dry_run,
+            "scheduled_at": crate::domain::rfc3339(&op.scheduled_at),
+            "target_operation_id": op.target_operation_id}),
     );
-    let mut audit = audit;
     audit.operation_id = Some(id);
     match state.store.insert_operation(&op, audit).await {
         Ok(()) => {}
