@@ -86,15 +86,7 @@ async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates(ba
     let rows = 20_000;
     let id = schedule(&app, &token, &big_csv(rows)).await;
 
-    let first =
-        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
-            .unwrap();
-    let crashed = tokio::spawn(async move { first.run_once().await });
-    let seen = wait_for_progress(&app, org, id, 1_000).await;
-    crashed.abort();
-    let _ = crashed.await;
-    // A COMMIT already handed to the database may still land after the task is gone.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = app.kill_worker_midway(org, id, 1_000).await;
     let op = app.store.get_operation(org, id).await.unwrap().unwrap();
     assert_eq!(
         op.status.as_str(),

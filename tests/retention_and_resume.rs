@@ -52,25 +52,7 @@ async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(backend
     let rollback: Value = response.json().await.unwrap();
     let rollback_id = Uuid::parse_str(rollback["id"].as_str().unwrap()).unwrap();
 
-    let first =
-        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
-            .unwrap();
-    let killed = tokio::spawn(async move { first.run_once().await });
-    for _ in 0..5000 {
-        let op = app
-            .store
-            .get_operation(org, rollback_id)
-            .await
-            .unwrap()
-            .unwrap();
-        if op.progress_processed >= 1_000 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    killed.abort();
-    let _ = killed.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.kill_worker_midway(org, rollback_id, 1_000).await;
     let op = app
         .store
         .get_operation(org, rollback_id)
@@ -244,20 +226,7 @@ async fn import_killed_midway(
     let response = app.schedule_import(token, &csv(rows), json!({})).await;
     let op: Value = response.json().await.unwrap();
     let id = Uuid::parse_str(op["id"].as_str().unwrap()).unwrap();
-    let worker =
-        haven::app::start_engine(app.store.clone(), app.engine.keyring.clone(), &app.config)
-            .unwrap();
-    let killed = tokio::spawn(async move { worker.run_once().await });
-    for _ in 0..5000 {
-        let op = app.store.get_operation(org, id).await.unwrap().unwrap();
-        if op.progress_processed >= done {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    killed.abort();
-    let _ = killed.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.kill_worker_midway(org, id, done).await;
     assert!(
         app.count("SELECT COUNT(*) FROM patients").await > 0,
         "part of it was written"

@@ -397,3 +397,38 @@ impl TestApp {
         body["errors"].as_array().cloned().unwrap_or_default()
     }
 }
+
+impl TestApp {
+    /// Starts a second engine on this app's store, lets it work on operation `id` until
+    /// at least `rows` are committed, then kills it the way a crash would: mid-chunk,
+    /// lease still held. Returns the rows committed when it was killed.
+    pub async fn kill_worker_midway(&self, org: Uuid, id: Uuid, rows: i64) -> i64 {
+        let worker = haven::app::start_engine(
+            self.store.clone(),
+            self.engine.keyring.clone(),
+            &self.config,
+        )
+        .expect("engine");
+        let running = tokio::spawn(async move { worker.run_once().await });
+        let mut committed = 0;
+        for _ in 0..5000 {
+            let op = self
+                .store
+                .get_operation(org, id)
+                .await
+                .expect("read")
+                .expect("op");
+            committed = op.progress_processed;
+            if committed >= rows {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(committed >= rows, "the worker made no progress");
+        running.abort();
+        let _ = running.await;
+        // A COMMIT already handed to the database may still land after the task is gone.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        committed
+    }
+}
