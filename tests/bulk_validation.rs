@@ -3,31 +3,10 @@
 
 mod common;
 
-use common::{sample, Backend, TestApp};
+use common::{sample, TestApp};
 use haven::domain::permission::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// Like `dual_test!`, with extra command-line flags for the app.
-macro_rules! dual_test_with_flags {
-    ($name:ident, $flags:expr, $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let app = common::TestApp::spawn_with(Backend::Sqlite, $flags).await;
-                ($body)(app).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let app = common::TestApp::spawn_with(Backend::Postgres, $flags).await;
-                ($body)(app).await;
-            }
-        }
-    };
-}
 
 /// An admin of a fresh organization, with the basic sample imported so that a bad
 /// request has data it could damage.
@@ -577,9 +556,9 @@ dual_test!(
     }
 );
 
-dual_test_with_flags!(
+dual_test!(
     an_upload_over_max_upload_bytes_is_refused_with_413,
-    &["--max-upload-bytes", "1000"],
+    flags = &["--max-upload-bytes", "1000"],
     |app: TestApp| async move {
         let (_, token) = {
             let org = app.create_org("Kakuma Clinic").await;

@@ -43,8 +43,7 @@ async fn wait_for_progress(app: &TestApp, org: Uuid, id: Uuid, rows: i64) -> i64
     panic!("no progress");
 }
 
-async fn an_operation_scheduled_two_seconds_ahead_starts_on_time(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+async fn an_operation_scheduled_two_seconds_ahead_starts_on_time(app: TestApp) {
     let (_, token) = manager(&app).await;
     let at = chrono::Utc::now() + chrono::Duration::seconds(2);
     let response = app
@@ -70,18 +69,12 @@ async fn an_operation_scheduled_two_seconds_ahead_starts_on_time(backend: Backen
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operation_scheduled_two_seconds_ahead_starts_on_time_on_sqlite() {
-    an_operation_scheduled_two_seconds_ahead_starts_on_time(Backend::Sqlite).await;
-}
+dual_test!(
+    an_operation_scheduled_two_seconds_ahead_starts_on_time,
+    |app: TestApp| an_operation_scheduled_two_seconds_ahead_starts_on_time(app)
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_operation_scheduled_two_seconds_ahead_starts_on_time_on_postgres() {
-    an_operation_scheduled_two_seconds_ahead_starts_on_time(Backend::Postgres).await;
-}
-
-async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates(app: TestApp) {
     let (org, token) = manager(&app).await;
     let rows = 20_000;
     let id = schedule(&app, &token, &big_csv(rows)).await;
@@ -138,18 +131,13 @@ async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates(ba
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates_on_sqlite() {
-    a_worker_killed_mid_import_is_finished_by_another_without_duplicates(Backend::Sqlite).await;
-}
+dual_test!(
+    a_worker_killed_mid_import_is_finished_by_another_without_duplicates,
+    flags = &["--workers", "0", "--lease-duration", "1s"],
+    |app: TestApp| a_worker_killed_mid_import_is_finished_by_another_without_duplicates(app)
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_import_is_finished_by_another_without_duplicates_on_postgres() {
-    a_worker_killed_mid_import_is_finished_by_another_without_duplicates(Backend::Postgres).await;
-}
-
-async fn a_cancelled_running_import_leaves_no_patient(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0"]).await;
+async fn a_cancelled_running_import_leaves_no_patient(app: TestApp) {
     let (org, token) = manager(&app).await;
     let id = schedule(&app, &token, &big_csv(20_000)).await;
     let engine = app.engine.clone();
@@ -183,15 +171,11 @@ async fn a_cancelled_running_import_leaves_no_patient(backend: Backend) {
     assert_eq!(again.status(), 409, "it has ended");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_running_import_leaves_no_patient_on_sqlite() {
-    a_cancelled_running_import_leaves_no_patient(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_running_import_leaves_no_patient_on_postgres() {
-    a_cancelled_running_import_leaves_no_patient(Backend::Postgres).await;
-}
+dual_test!(
+    a_cancelled_running_import_leaves_no_patient,
+    flags = &["--workers", "0"],
+    |app: TestApp| a_cancelled_running_import_leaves_no_patient(app)
+);
 
 dual_test!(
     a_dependent_runs_after_its_dependency_and_is_cancelled_when_it_fails,
@@ -346,8 +330,7 @@ dual_test!(
     }
 );
 
-async fn transient_failures_are_retried_then_fail_with_a_clear_message(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0", "--max-attempts", "2"]).await;
+async fn transient_failures_are_retried_then_fail_with_a_clear_message(app: TestApp) {
     let (_, token) = manager(&app).await;
     let id = schedule(&app, &token, &big_csv(10)).await;
     // The stored upload disappears (a lost disk); reading it fails as an I/O error.
@@ -384,12 +367,8 @@ async fn transient_failures_are_retried_then_fail_with_a_clear_message(backend: 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failures_are_retried_then_fail_with_a_clear_message_on_sqlite() {
-    transient_failures_are_retried_then_fail_with_a_clear_message(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failures_are_retried_then_fail_with_a_clear_message_on_postgres() {
-    transient_failures_are_retried_then_fail_with_a_clear_message(Backend::Postgres).await;
-}
+dual_test!(
+    transient_failures_are_retried_then_fail_with_a_clear_message,
+    flags = &["--workers", "0", "--max-attempts", "2"],
+    |app: TestApp| transient_failures_are_retried_then_fail_with_a_clear_message(app)
+);

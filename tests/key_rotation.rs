@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Backend, TestApp};
+use common::TestApp;
 use haven::domain::permission::Role;
 use haven::engine::Ran;
 use serde_json::{json, Value};
@@ -11,9 +11,8 @@ use serde_json::{json, Value};
 const HARNESS_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const NEW_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
-async fn operations_sealed_under_the_previous_key_run_after_a_rotation(backend: Backend) {
+async fn operations_sealed_under_the_previous_key_run_after_a_rotation(app: TestApp) {
     // API only: the operations wait for the engines this test builds.
-    let app = TestApp::spawn_with(backend, &["--workers", "0"]).await;
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let schedule = |csv: String| {
@@ -75,12 +74,8 @@ async fn operations_sealed_under_the_previous_key_run_after_a_rotation(backend: 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_sealed_under_the_previous_key_run_after_a_rotation_on_sqlite() {
-    operations_sealed_under_the_previous_key_run_after_a_rotation(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operations_sealed_under_the_previous_key_run_after_a_rotation_on_postgres() {
-    operations_sealed_under_the_previous_key_run_after_a_rotation(Backend::Postgres).await;
-}
+dual_test!(
+    operations_sealed_under_the_previous_key_run_after_a_rotation,
+    flags = &["--workers", "0"],
+    |app: TestApp| operations_sealed_under_the_previous_key_run_after_a_rotation(app)
+);

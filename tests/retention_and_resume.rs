@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestApp};
+use common::TestApp;
 use haven::domain::permission::Role;
 use haven::engine::Ran;
 use serde_json::{json, Value};
@@ -24,8 +24,7 @@ fn at(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, false)
 }
 
-async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(app: TestApp) {
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let rows = 20_000;
@@ -102,15 +101,11 @@ async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(backend
     assert_eq!(trail, 1, "the import's audit trail says it was rolled back");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed_on_sqlite() {
-    a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed_on_postgres() {
-    a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(Backend::Postgres).await;
-}
+dual_test!(
+    a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed,
+    flags = &["--workers", "0", "--lease-duration", "1s"],
+    |app: TestApp| a_rollback_interrupted_by_a_killed_worker_finishes_when_resumed(app)
+);
 
 dual_test!(
     the_cleanup_purges_backups_exports_and_deleted_patients_past_retention,
@@ -234,8 +229,7 @@ async fn import_killed_midway(
     id
 }
 
-async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(app: TestApp) {
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
@@ -278,18 +272,13 @@ async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(backe
     assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote_on_sqlite() {
-    a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(Backend::Sqlite).await;
-}
+dual_test!(
+    a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote,
+    flags = &["--workers", "0", "--lease-duration", "1s"],
+    |app: TestApp| a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(app)
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote_on_postgres() {
-    a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(Backend::Postgres).await;
-}
-
-async fn an_import_that_fails_part_way_leaves_no_patient(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &["--workers", "0", "--lease-duration", "1s"]).await;
+async fn an_import_that_fails_part_way_leaves_no_patient(app: TestApp) {
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
@@ -317,29 +306,13 @@ async fn an_import_that_fails_part_way_leaves_no_patient(backend: Backend) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_that_fails_part_way_leaves_no_patient_on_sqlite() {
-    an_import_that_fails_part_way_leaves_no_patient(Backend::Sqlite).await;
-}
+dual_test!(
+    an_import_that_fails_part_way_leaves_no_patient,
+    flags = &["--workers", "0", "--lease-duration", "1s"],
+    |app: TestApp| an_import_that_fails_part_way_leaves_no_patient(app)
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_that_fails_part_way_leaves_no_patient_on_postgres() {
-    an_import_that_fails_part_way_leaves_no_patient(Backend::Postgres).await;
-}
-
-async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(backend: Backend) {
-    let app = TestApp::spawn_with(
-        backend,
-        &[
-            "--workers",
-            "0",
-            "--lease-duration",
-            "1s",
-            "--max-attempts",
-            "1",
-        ],
-    )
-    .await;
+async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(app: TestApp) {
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
     let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
@@ -355,12 +328,15 @@ async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(backend
     assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows_on_sqlite() {
-    an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows_on_postgres() {
-    an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(Backend::Postgres).await;
-}
+dual_test!(
+    an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows,
+    flags = &[
+        "--workers",
+        "0",
+        "--lease-duration",
+        "1s",
+        "--max-attempts",
+        "1",
+    ],
+    |app: TestApp| an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(app)
+);

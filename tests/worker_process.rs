@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::{Backend, TestApp};
+use common::TestApp;
 use haven::domain::permission::Role;
 use serde_json::{json, Value};
 
@@ -26,9 +26,8 @@ fn spawn_worker(app: &TestApp) -> tokio::process::Child {
         .expect("start haven worker")
 }
 
-async fn two_worker_processes_run_every_operation_exactly_once(backend: Backend) {
+async fn two_worker_processes_run_every_operation_exactly_once(app: TestApp) {
     // This process only serves the API: the worker processes do all the work.
-    let app = TestApp::spawn_with(backend, &["--workers", "0"]).await;
     let mut workers = [spawn_worker(&app), spawn_worker(&app)];
     let mut ops = Vec::new();
     for org_name in ["Kakuma", "Zaatari"] {
@@ -53,7 +52,8 @@ async fn two_worker_processes_run_every_operation_exactly_once(backend: Backend)
         let at = |k: &str| chrono::DateTime::parse_from_rfc3339(done[k].as_str().unwrap()).unwrap();
         // Reported, not asserted: how long a worker process took to pick it up.
         eprintln!(
-            "{backend:?} pickup lag: {} ms",
+            "{:?} pickup lag: {} ms",
+            app.backend,
             (at("started_at") - at("scheduled_at")).num_milliseconds()
         );
     }
@@ -68,12 +68,8 @@ async fn two_worker_processes_run_every_operation_exactly_once(backend: Backend)
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_worker_processes_run_every_operation_exactly_once_on_sqlite() {
-    two_worker_processes_run_every_operation_exactly_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_worker_processes_run_every_operation_exactly_once_on_postgres() {
-    two_worker_processes_run_every_operation_exactly_once(Backend::Postgres).await;
-}
+dual_test!(
+    two_worker_processes_run_every_operation_exactly_once,
+    flags = &["--workers", "0"],
+    |app: TestApp| two_worker_processes_run_every_operation_exactly_once(app)
+);

@@ -297,25 +297,29 @@ pub fn haven_bin() -> &'static str {
     env!("CARGO_BIN_EXE_haven")
 }
 
-/// Defines one test per backend: `dual_test!(name, |app| async move { ... })`.
+/// Defines one test per backend: `dual_test!(name, |app| async move { ... })`, or with
+/// command-line flags for the app: `dual_test!(name, flags = &["--workers", "0"], ...)`.
 #[macro_export]
 macro_rules! dual_test {
-    ($name:ident, $body:expr) => {
+    ($name:ident, flags = $flags:expr, $body:expr) => {
         mod $name {
             use super::*;
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let app = common::TestApp::spawn(common::Backend::Sqlite).await;
+                let app = common::TestApp::spawn_with(common::Backend::Sqlite, $flags).await;
                 ($body)(app).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                let app = common::TestApp::spawn(common::Backend::Postgres).await;
+                let app = common::TestApp::spawn_with(common::Backend::Postgres, $flags).await;
                 ($body)(app).await;
             }
         }
+    };
+    ($name:ident, $body:expr) => {
+        $crate::dual_test!($name, flags = &[], $body);
     };
 }
 
