@@ -590,9 +590,9 @@ async fn schedule_update(
             "must be true to update without a backup: such an update cannot be rolled back",
         ));
     }
-    fail_if(errors)?;
-    let Some(targets) = targets else {
-        return Err(AppError::BadRequest("targets missing".into()));
+    // Without targets, `parse_targets` has said why in `errors`.
+    let Some(targets) = targets.filter(|_| errors.is_empty()) else {
+        return Err(AppError::invalid(errors));
     };
     let params = Parameters::Update {
         targets,
@@ -622,9 +622,9 @@ async fn schedule_delete(
             "must be true to delete patients",
         ));
     }
-    fail_if(errors)?;
-    let Some(targets) = targets else {
-        return Err(AppError::BadRequest("targets missing".into()));
+    // Without targets, `parse_targets` has said why in `errors`.
+    let Some(targets) = targets.filter(|_| errors.is_empty()) else {
+        return Err(AppError::invalid(errors));
     };
     accept(
         &state,
