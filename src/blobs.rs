@@ -28,19 +28,44 @@ impl BlobStore {
         format!("uploads/{operation_id}.csv.enc")
     }
 
-    /// The blob name of an operation's export file.
-    pub fn export_name(operation_id: Uuid, extension: &str) -> String {
-        format!("exports/{operation_id}.{extension}.enc")
+    /// The blob name of the export file written by one attempt of an operation. Each
+    /// attempt writes its own file, so a stale worker that resumes after a takeover
+    /// can never overwrite the file another attempt completed; only the file named in
+    /// the fenced completion (`output_blob`) is ever served.
+    pub fn export_name(operation_id: Uuid, attempt: i64, extension: &str) -> String {
+        format!("exports/{operation_id}.a{attempt}.{extension}.enc")
+    }
+
+    /// Removes the export files of an operation's attempts except `keep` (the
+    /// published one): what crashed or stale attempts left.
+    pub fn remove_exports_except(&self, operation_id: Uuid, keep: Option<&str>) {
+        self.remove_exports_matching(&format!("{operation_id}.a"), keep);
+    }
+
+    /// Removes the export file of one attempt (it lost its lease or was cancelled).
+    pub fn remove_export_attempt(&self, operation_id: Uuid, attempt: i64) {
+        self.remove_exports_matching(&format!("{operation_id}.a{attempt}."), None);
+    }
+
+    fn remove_exports_matching(&self, prefix: &str, keep: Option<&str>) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("exports")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            let name = format!("exports/{file_name}");
+            if file_name.starts_with(prefix) && keep != Some(name.as_str()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// The path of a blob; names come from the two functions above, never from users.
     pub fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)
-    }
-
-    /// A sibling path to write to before an atomic rename into place.
-    pub fn partial_path(&self, name: &str) -> PathBuf {
-        self.root.join(format!("{name}.partial"))
     }
 
     pub fn root(&self) -> &Path {
@@ -54,6 +79,5 @@ impl BlobStore {
 
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.path(name));
-        let _ = std::fs::remove_file(self.partial_path(name));
     }
 }

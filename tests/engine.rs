@@ -296,45 +296,93 @@ dual_test!(
 
 dual_test!(
     organizations_are_served_fairly_within_the_per_organization_limit,
+    flags = &["--workers", "0"],
     |app: TestApp| async move {
-        // The background workers of the test app are not used: claims are made one by one.
+        // No background workers: claims are made here, one by one, then in a batch.
         let (org_a, token_a) = manager(&app).await;
         let (org_b, token_b) = manager(&app).await;
-        let mut a_ops = Vec::new();
         for _ in 0..5 {
-            let r = app.post_json(&token_a, "/api/v2/bulk/export/schedule", &json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})).await;
-            let op: Value = r.json().await.unwrap();
-            a_ops.push(op["id"].as_str().unwrap().to_string());
+            let r = app
+                .post_json(&token_a, "/api/v2/bulk/export/schedule", &json!({}))
+                .await;
+            assert_eq!(r.status(), 201);
         }
-        let r = app.post_json(&token_b, "/api/v2/bulk/export/schedule", &json!({"scheduled_at": (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339()})).await;
+        let r = app
+            .post_json(&token_b, "/api/v2/bulk/export/schedule", &json!({}))
+            .await;
         let b_op: Value = r.json().await.unwrap();
         let b_id = Uuid::parse_str(b_op["id"].as_str().unwrap()).unwrap();
 
-        let later = haven::domain::now() + chrono::Duration::hours(2);
-        let lease = later + chrono::Duration::minutes(5);
-        let claim = || app.store.claim_next("fairness-test", later, lease, 2);
-        let first = claim().await.unwrap().unwrap();
-        assert_eq!(first.organization_id, org_a, "the earliest operation first");
-        let second = claim().await.unwrap().unwrap();
+        let lease = Duration::from_secs(300);
+        let claim = |want| app.store.claim_due("fairness-test", lease, 2, want);
+        let first = claim(1).await.unwrap().operations;
         assert_eq!(
-            (second.organization_id, second.id),
+            first[0].organization_id, org_a,
+            "the earliest operation first"
+        );
+        let second = claim(1).await.unwrap().operations;
+        assert_eq!(
+            (second[0].organization_id, second[0].id),
             (org_b, b_id),
             "B's only operation is not starved by A's five"
         );
-        let third = claim().await.unwrap().unwrap();
-        assert_eq!(third.organization_id, org_a);
+        let third = claim(1).await.unwrap().operations;
+        assert_eq!(third[0].organization_id, org_a);
         assert!(
-            claim().await.unwrap().is_none(),
+            claim(10).await.unwrap().operations.is_empty(),
             "A already runs 2 (--max-per-org)"
         );
+        // Each claim wrote its start into the trail, in the claim's transaction.
+        assert_eq!(
+            app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'operation.start'")
+                .await,
+            3
+        );
+    }
+);
+
+dual_test!(
+    one_claim_hands_out_several_operations_fairly,
+    flags = &["--workers", "0"],
+    |app: TestApp| async move {
+        let (org_a, token_a) = manager(&app).await;
+        let (org_b, token_b) = manager(&app).await;
+        for _ in 0..5 {
+            app.post_json(&token_a, "/api/v2/bulk/export/schedule", &json!({}))
+                .await;
+        }
+        app.post_json(&token_b, "/api/v2/bulk/export/schedule", &json!({}))
+            .await;
+        let claimed = app
+            .store
+            .claim_due("batch-test", Duration::from_secs(300), 2, 10)
+            .await
+            .unwrap()
+            .operations;
+        let orgs: Vec<Uuid> = claimed.iter().map(|o| o.organization_id).collect();
+        assert_eq!(orgs.len(), 3, "2 of A's (its limit) and B's one");
+        assert_eq!(orgs.iter().filter(|o| **o == org_a).count(), 2);
+        assert_eq!(orgs.iter().filter(|o| **o == org_b).count(), 1);
+        for op in &claimed {
+            assert_eq!(op.status, haven::domain::operation::Status::Processing);
+            assert_eq!(op.attempt, 1);
+            let lease = op.lease_expires_at.unwrap() - haven::domain::now();
+            assert!(
+                lease > chrono::Duration::seconds(290),
+                "the lease starts at the claim: {lease}"
+            );
+        }
     }
 );
 
 async fn transient_failures_are_retried_then_fail_with_a_clear_message(app: TestApp) {
     let (_, token) = manager(&app).await;
     let id = schedule(&app, &token, &big_csv(10)).await;
-    // The stored upload disappears (a lost disk); reading it fails as an I/O error.
-    std::fs::remove_file(app.dir.path().join(format!("blobs/uploads/{id}.csv.enc"))).unwrap();
+    // The disk holding the upload fails: reading it is an I/O error (here, the file
+    // replaced by a directory: opening works, reading fails with EISDIR).
+    let upload = app.dir.path().join(format!("blobs/uploads/{id}.csv.enc"));
+    std::fs::remove_file(&upload).unwrap();
+    std::fs::create_dir(&upload).unwrap();
     assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
     let op: Value = app
         .get(&token, &format!("/api/v2/bulk-operations/{id}/status"))
@@ -344,6 +392,7 @@ async fn transient_failures_are_retried_then_fail_with_a_clear_message(app: Test
         .unwrap();
     assert_eq!(op["status"], "scheduled", "retried later: {op}");
     assert_eq!(op["attempt"], 1);
+    assert_eq!(op["failures"], 1, "a failed attempt counts: {op}");
     assert_eq!(
         app.engine.run_once().await.unwrap(),
         Ran::Empty,
@@ -366,6 +415,35 @@ async fn transient_failures_are_retried_then_fail_with_a_clear_message(app: Test
         "{op}"
     );
 }
+
+async fn a_missing_upload_fails_at_once_instead_of_being_retried(app: TestApp) {
+    let (_, token) = manager(&app).await;
+    let id = schedule(&app, &token, &big_csv(10)).await;
+    std::fs::remove_file(app.dir.path().join(format!("blobs/uploads/{id}.csv.enc"))).unwrap();
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let op: Value = app
+        .get(&token, &format!("/api/v2/bulk-operations/{id}/status"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "failed", "not retried: {op}");
+    assert_eq!(op["attempt"], 1);
+    assert!(
+        op["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("uploaded file is missing"),
+        "{op}"
+    );
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
+}
+
+dual_test!(
+    a_missing_upload_fails_at_once_instead_of_being_retried,
+    flags = &["--workers", "0", "--max-attempts", "3"],
+    |app: TestApp| a_missing_upload_fails_at_once_instead_of_being_retried(app)
+);
 
 dual_test!(
     transient_failures_are_retried_then_fail_with_a_clear_message,

@@ -236,7 +236,7 @@ async fn a_cancel_while_an_import_waits_for_its_retry_undoes_what_it_wrote(app: 
     // The killed worker may have left the writer connection inside a transaction; the
     // store's next write discards that connection (and its lock) before we write here.
     app.store
-        .heartbeat(Uuid::nil(), 0, haven::domain::now())
+        .heartbeat(Uuid::nil(), 0, Duration::from_secs(1))
         .await
         .unwrap();
     // As a transient failure leaves it: back to `scheduled`, retry in an hour.
@@ -315,11 +315,26 @@ dual_test!(
 async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(app: TestApp) {
     let org = app.create_org("Clinic").await;
     let token = app.user_token(org, Role::DataManager).await;
+    // The first worker dies after committing rows: that is progress, not a failure.
     let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // The next one claims it and dies before committing anything: a failed attempt.
+    let doomed = app
+        .store
+        .claim_due("doomed-worker", Duration::from_secs(1), 10, 1)
+        .await
+        .unwrap();
+    assert_eq!(doomed.operations.len(), 1);
+    assert_eq!(
+        doomed.operations[0].failures, 0,
+        "the takeover after progress is free"
+    );
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // With --max-attempts 1 that failure used the budget up: undo and fail.
     assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
     let done = app.wait_until_done(&token, &id.to_string()).await;
     assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["failures"], 1, "{done}");
     let message = done["error_message"].as_str().unwrap();
     assert!(
         message.contains("gave up") && message.contains("undone"),
@@ -327,6 +342,32 @@ async fn an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows(app: Te
     );
     assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 0);
 }
+
+async fn a_takeover_after_progress_does_not_use_the_failure_budget(app: TestApp) {
+    let org = app.create_org("Clinic").await;
+    let token = app.user_token(org, Role::DataManager).await;
+    let id = import_killed_midway(&app, &token, org, 20_000, 1_000).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(app.engine.run_once().await.unwrap(), Ran::Operation(id));
+    let done = app.wait_until_done(&token, &id.to_string()).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempt"], 2, "{done}");
+    assert_eq!(done["failures"], 0, "{done}");
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 20_000);
+}
+
+dual_test!(
+    a_takeover_after_progress_does_not_use_the_failure_budget,
+    flags = &[
+        "--workers",
+        "0",
+        "--lease-duration",
+        "1s",
+        "--max-attempts",
+        "1",
+    ],
+    |app: TestApp| a_takeover_after_progress_does_not_use_the_failure_budget(app)
+);
 
 dual_test!(
     an_import_whose_workers_keep_dying_gives_up_and_undoes_its_rows,

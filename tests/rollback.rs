@@ -1435,3 +1435,83 @@ dual_test!(
         assert_eq!(rollback["progress"]["total"], 700, "{rollback}");
     }
 );
+
+dual_test!(
+    conflicts_are_rows_paged_by_an_endpoint_and_sampled_in_the_result,
+    |app: TestApp| async move {
+        let a = org(&app, "Kakuma Clinic").await;
+        import_ok(
+            &app,
+            &a.manager,
+            &generated_csv("CON", 250, "Kakuma"),
+            json!({}),
+        )
+        .await;
+        let update = app
+            .run_bulk(
+                &a.manager,
+                "update",
+                json!({"filters": {"current_camp": "Kakuma"}, "changes": {"current_camp": "Kalobeyei"}}),
+            )
+            .await;
+        assert_eq!(update["result"]["patients_updated"], 250, "{update}");
+        let update_id = update["id"].as_str().unwrap().to_string();
+        // Every patient is edited after the update: every restore is a conflict.
+        app.raw_sql("UPDATE patients SET version = version + 1")
+            .await
+            .unwrap();
+
+        let rollback = run_rollback(&app, &a.manager, "update", &update_id, None).await;
+        let result = &rollback["result"];
+        assert_eq!(result["patients_restored"], 0, "{rollback}");
+        assert_eq!(result["conflicts_total"], 250, "{rollback}");
+        assert_eq!(
+            result["conflicts"].as_array().unwrap().len(),
+            100,
+            "a sample"
+        );
+        let rollback_id = rollback["id"].as_str().unwrap();
+        // The cursor holds counts, not the list (it grew quadratically).
+        let cursor_bytes = app
+            .count(&format!(
+                "SELECT CAST(LENGTH(progress_cursor) AS BIGINT) FROM bulk_operations WHERE id = {}",
+                id_sql(&app, rollback_id)
+            ))
+            .await;
+        assert!(cursor_bytes < 1_000, "cursor of {cursor_bytes} bytes");
+
+        let mut seen = BTreeSet::new();
+        let mut cursor = String::new();
+        loop {
+            let page: Value = app
+                .get(
+                    &a.manager,
+                    &format!(
+                        "/api/v2/bulk-operations/{rollback_id}/conflicts?limit=200&cursor={cursor}"
+                    ),
+                )
+                .await
+                .json()
+                .await
+                .unwrap();
+            for c in page["conflicts"].as_array().unwrap() {
+                assert!(seen.insert(c["patient_id"].as_str().unwrap().to_string()));
+                assert!(c["reason"].as_str().unwrap().contains("changed after"));
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = next.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 250, "every conflict, once");
+        // Another organization sees none of it.
+        let b = org(&app, "Other Clinic").await;
+        let other = app
+            .get(
+                &b.manager,
+                &format!("/api/v2/bulk-operations/{rollback_id}/conflicts"),
+            )
+            .await;
+        assert_eq!(other.status(), 404);
+    }
+);

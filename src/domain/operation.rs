@@ -98,10 +98,23 @@ pub struct Operation {
     pub progress_processed: i64,
     pub progress_total: Option<i64>,
     pub progress_cursor: Option<String>,
+    /// Attempts that failed (the budget of `--max-attempts`); takeovers after a
+    /// graceful release or after progress do not count.
+    pub failures: i64,
+    /// Set while the operation undoes its own partial changes: `cancelled`,
+    /// `aborted` or `failed`, with the message it will end with.
+    pub undo_reason: Option<String>,
+    pub undo_message: Option<String>,
     pub depends_on: Vec<Uuid>,
 }
 
 impl Operation {
+    /// Whether the operation is undoing its own partial changes right now (it stays
+    /// `processing` meanwhile; SPEC 4.1 has no status of its own for it).
+    pub fn undoing(&self) -> bool {
+        self.undo_reason.is_some() && !self.status.is_final()
+    }
+
     /// The operation as the API shows it (SPEC 4.4). Holds no patient data.
     pub fn to_json(&self) -> Value {
         let ts = |t: &Option<DateTime<Utc>>| t.as_ref().map(super::rfc3339);
@@ -130,11 +143,14 @@ impl Operation {
             "schedule_id": self.schedule_id,
             "dry_run": self.dry_run,
             "cancel_requested": self.cancel_requested,
+            "undoing": self.undoing(),
             "attempt": self.attempt,
+            "failures": self.failures,
             "progress": {
                 "processed": self.progress_processed,
                 "total": self.progress_total,
                 "percent": percent,
+                "phase": if self.undoing() { "undoing" } else if self.status == Status::Processing { "running" } else { self.status.as_str() },
             },
             "result": self.result.clone().unwrap_or(Value::Object(Map::new())),
             "error_message": self.error_message,

@@ -1,6 +1,8 @@
 //! Export runner: streams patients page by page into the format encoder, through the
 //! encryption, into a file in the blob store. Memory holds one page, whatever the size.
-//! A resumed export starts its file over: it changes nothing, so repeating is safe.
+//! A resumed export starts over in a file of its own attempt: it changes nothing, so
+//! repeating is safe, and a stale attempt that wakes up later writes only its own file,
+//! which is never published (the completion that names the file is fenced).
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +15,7 @@ use crate::blobs::BlobStore;
 use crate::crypto::EncryptedWriter;
 use crate::domain::now;
 use crate::domain::operation::Parameters;
-use crate::formats::export::new_writer;
+use crate::formats::export::{new_writer, ExportFormat};
 use crate::store::ops::{Chunk, PatientScan};
 use crate::store::Page;
 
@@ -87,42 +89,107 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             limit: EXPORT_PAGE,
         },
     };
+    if run.op.cancel_requested {
+        // A cancel that arrived after the last page: nothing is published.
+        return Ok(cancelled(format));
+    }
     let total = engine.store.count_patients(scan(None)).await?;
     if run.op.dry_run {
         return Ok(Outcome::Completed {
             result: json!({"rows_exported": total, "format": format.as_str(), "bytes": 0,
                 "download_url": null, "expires_at": null, "duration_ms": run.elapsed_ms(), "dry_run": true}),
             output: None,
+            rolled_back: None,
         });
     }
 
-    let name = BlobStore::export_name(run.op.id, format.extension());
-    let partial = engine.blobs.partial_path(&name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode_0600()
-        .open(&partial)?;
-    let sink = SharedSink {
-        inner: Arc::new(Mutex::new(Some(
-            engine
-                .keyring
-                .encrypted_writer(BufWriter::new(file), &BlobStore::aad(&name)),
-        ))),
-        plaintext_bytes: Arc::new(AtomicU64::new(0)),
-    };
-    let mut encoder = new_writer(format, fields, sink.clone()).map_err(encoder_error)?;
+    let name = BlobStore::export_name(run.op.id, run.op.attempt, format.extension());
+    match write_export(run, &name, format, fields, &scan, total).await {
+        Ok(Some((plaintext_bytes, exported))) => {
+            let expires_at = now()
+                + chrono::Duration::from_std(engine.settings.export_retention)
+                    .unwrap_or(chrono::Duration::days(7));
+            Ok(Outcome::Completed {
+                result: json!({
+                    "rows_exported": exported,
+                    "format": format.as_str(),
+                    "bytes": plaintext_bytes,
+                    "download_url": format!("/api/v2/bulk-operations/{}/download", run.op.id),
+                    "expires_at": crate::domain::rfc3339(&expires_at),
+                    "duration_ms": run.elapsed_ms(),
+                }),
+                output: Some((name, expires_at)),
+                rolled_back: None,
+            })
+        }
+        Ok(None) => {
+            engine.blobs.remove(&name);
+            Ok(cancelled(format))
+        }
+        Err(e) => {
+            // Nobody will publish this attempt's file.
+            engine.blobs.remove(&name);
+            Err(e)
+        }
+    }
+}
+
+fn cancelled(format: ExportFormat) -> Outcome {
+    Outcome::Cancelled {
+        result: json!({"rows_exported": 0, "format": format.as_str(), "bytes": 0}),
+        note: Some("cancelled while running; the partial file was deleted".into()),
+    }
+}
+
+/// Writes the whole file of this attempt: its plaintext bytes and rows, or `None`
+/// when a cancel was requested. The encoding, encryption and file writes run on the
+/// blocking pool, a page at a time.
+async fn write_export<'f>(
+    run: &Run<'_>,
+    name: &str,
+    format: ExportFormat,
+    fields: Vec<String>,
+    scan: &(dyn Fn(Option<uuid::Uuid>) -> PatientScan<'f> + Sync),
+    total: i64,
+) -> Result<Option<(u64, i64)>, RunError> {
+    let engine = run.engine;
+    let path = engine.blobs.path(name);
+    let keyring = engine.keyring.clone();
+    let aad = BlobStore::aad(name);
+    let (sink, encoder) = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode_0600()
+            .open(&path)?;
+        let sink = SharedSink {
+            inner: Arc::new(Mutex::new(Some(
+                keyring.encrypted_writer(BufWriter::new(file), &aad),
+            ))),
+            plaintext_bytes: Arc::new(AtomicU64::new(0)),
+        };
+        let encoder = new_writer(format, fields, sink.clone()).map_err(encoder_error)?;
+        Ok((sink, encoder))
+    })
+    .await
+    .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
+    let mut encoder = encoder;
     let mut after = None;
     let mut exported = 0i64;
     loop {
         let page = engine.store.scan_patients(scan(after)).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id);
-        for patient in &page {
-            encoder.write_patient(patient).map_err(encoder_error)?;
-        }
         exported += page.len() as i64;
+        encoder = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+            for patient in &page {
+                encoder.write_patient(patient).map_err(encoder_error)?;
+            }
+            Ok(encoder)
+        })
+        .await
+        .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
         let chunk = Chunk {
             processed: exported,
             total: Some(total),
@@ -130,40 +197,26 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             ..Default::default()
         };
         if run.commit(chunk).await? {
-            drop(encoder);
-            engine.blobs.remove(&name);
-            return Ok(Outcome::Cancelled {
-                result: json!({"rows_exported": 0, "format": format.as_str(), "bytes": 0}),
-                note: Some("cancelled while running; the partial file was deleted".into()),
-            });
+            return Ok(None);
         }
     }
-    encoder.finish().map_err(encoder_error)?;
-    let finished = sink
-        .inner
-        .lock()
-        .map_err(|_| RunError::Transient(anyhow::anyhow!("export writer poisoned")))?
-        .take()
-        .ok_or_else(|| RunError::Transient(anyhow::anyhow!("export writer closed twice")))?;
-    let buffered = finished.finish()?;
-    let file = buffered.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
-    std::fs::rename(&partial, engine.blobs.path(&name))?;
-
-    let expires_at = now()
-        + chrono::Duration::from_std(engine.settings.export_retention)
-            .unwrap_or(chrono::Duration::days(7));
-    Ok(Outcome::Completed {
-        result: json!({
-            "rows_exported": exported,
-            "format": format.as_str(),
-            "bytes": sink.plaintext_bytes.load(Ordering::Relaxed),
-            "download_url": format!("/api/v2/bulk-operations/{}/download", run.op.id),
-            "expires_at": crate::domain::rfc3339(&expires_at),
-            "duration_ms": run.elapsed_ms(),
-        }),
-        output: Some((name, expires_at)),
+    let plaintext = sink.plaintext_bytes.clone();
+    tokio::task::spawn_blocking(move || -> Result<(), RunError> {
+        encoder.finish().map_err(encoder_error)?;
+        let finished = sink
+            .inner
+            .lock()
+            .map_err(|_| RunError::Transient(anyhow::anyhow!("export writer poisoned")))?
+            .take()
+            .ok_or_else(|| RunError::Transient(anyhow::anyhow!("export writer closed twice")))?;
+        let buffered = finished.finish()?;
+        let file = buffered.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(())
     })
+    .await
+    .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
+    Ok(Some((plaintext.load(Ordering::Relaxed), exported)))
 }
 
 /// Files holding patient data are readable by their owner only.

@@ -19,7 +19,7 @@ use crate::domain::operation::{ImportMode, OnError, Parameters};
 use crate::domain::patient::{DateFormat, Patient, PatientFields, RawValue};
 use crate::domain::{new_id, now};
 use crate::formats::csv_import::{self, ColumnPlan, CsvRecordReader};
-use crate::store::ops::{Chunk, PatientWrite, RowError};
+use crate::store::ops::{Chunk, ChunkOutcome, PatientWrite, RowError};
 
 /// Rows per chunk: one transaction each.
 pub const CHUNK_ROWS: usize = 500;
@@ -48,20 +48,29 @@ struct Source {
     column_of: HashMap<&'static str, String>,
 }
 
+/// Opens the upload and plans its columns (blocking file I/O: run it with
+/// `spawn_blocking`).
 fn open_source(
-    run: &Run<'_>,
+    keyring: &crate::crypto::Keyring,
+    path: &std::path::Path,
     blob: &str,
     mapping: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<Source, RunError> {
-    let file = std::fs::File::open(run.engine.blobs.path(blob))?;
-    let plain = run
-        .engine
-        .keyring
-        .decrypted_reader(BufReader::new(file), &BlobStore::aad(blob));
-    let reader = csv_import::open(plain).map_err(|e| RunError::Failed {
-        message: e.to_string(),
-        result: None,
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            // Removed from the blob store: retrying cannot bring it back.
+            RunError::Failed {
+                message:
+                    "the uploaded file is missing from the file store; schedule the import again"
+                        .into(),
+                result: None,
+            }
+        } else {
+            e.into()
+        }
     })?;
+    let plain = keyring.decrypted_reader(BufReader::new(file), &BlobStore::aad(blob));
+    let reader = csv_import::open(plain).map_err(file_error)?;
     let plan =
         csv_import::plan_columns(reader.header(), mapping).map_err(|errors| RunError::Failed {
             message: errors
@@ -84,6 +93,22 @@ fn open_source(
     })
 }
 
+/// A read error of the stored file is an outage worth retrying, unless the file does
+/// not decrypt; anything wrong with the CSV itself is not.
+fn file_error(err: csv_import::ImportFileError) -> RunError {
+    match err {
+        csv_import::ImportFileError::Unreadable { kind, .. }
+            if kind != std::io::ErrorKind::InvalidData =>
+        {
+            RunError::Transient(anyhow::anyhow!("{err}"))
+        }
+        _ => RunError::Failed {
+            message: err.to_string(),
+            result: None,
+        },
+    }
+}
+
 fn unhcr_key(number: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     number.hash(&mut h);
@@ -101,12 +126,7 @@ fn next_batch(source: &mut Source, max: usize) -> Result<Vec<Record>, RunError> 
     while batch.len() < max {
         match source.reader.next_record() {
             None => break,
-            Some(Err(e)) => {
-                return Err(RunError::Failed {
-                    message: e.to_string(),
-                    result: None,
-                })
-            }
+            Some(Err(e)) => return Err(file_error(e)),
             Some(Ok(row)) => batch.push(Record {
                 row: row.row as i64,
                 values: csv_import::row_values(&source.plan, &row.record),
@@ -122,6 +142,10 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
     let cursor: ImportCursor = run.cursor();
     if let Some(undo_state) = cursor.undo.clone() {
         return finish_undo(run, cursor, undo_state).await;
+    }
+    if let Some(reason) = run.op.undo_reason.as_deref().and_then(undo::Reason::parse) {
+        // An undo that stopped before its first chunk: begin it again.
+        return start_undo(run, cursor, reason, run.op.undo_message.clone()).await;
     }
     if run.op.cancel_requested {
         return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
@@ -161,123 +185,92 @@ async fn import_rows(
             result: None,
         });
     };
-    let mut source = open_source(run, &blob, field_mapping.as_ref())?;
-    let org = run.op.organization_id;
     let dry_run = run.op.dry_run;
     let today = chrono::Utc::now().date_naive();
-    let mut seen: HashSet<u64> = HashSet::new();
-
-    // Skip what earlier attempts committed. The skipped rows are validated again
-    // (without writing) so that `seen` holds exactly what an uninterrupted run has.
-    let mut to_skip = cursor.records;
-    while to_skip > 0 {
-        let batch = next_batch(&mut source, (to_skip as usize).min(CHUNK_ROWS))?;
-        if batch.is_empty() {
-            break;
+    // Opening, decrypting, parsing and the resume skip are blocking file work.
+    let keyring = run.engine.keyring.clone();
+    let path = run.engine.blobs.path(&blob);
+    let to_skip = cursor.records;
+    let (mut source, mut seen) = blocking(move || {
+        let mut source = open_source(&keyring, &path, &blob, field_mapping.as_ref())?;
+        // Skip what earlier attempts committed. The skipped rows are validated again
+        // (without writing) so that `seen` holds exactly what an uninterrupted run has.
+        let mut seen: HashSet<u64> = HashSet::new();
+        let mut left = to_skip;
+        while left > 0 {
+            let batch = next_batch(&mut source, (left as usize).min(CHUNK_ROWS))?;
+            if batch.is_empty() {
+                break;
+            }
+            left -= batch.len() as i64;
+            for record in &batch {
+                let _ = validate_row(record, &source, date_format, today, &mut seen);
+            }
         }
-        to_skip -= batch.len() as i64;
-        for record in &batch {
-            let _ = validate_row(record, &source, date_format, today, &mut seen);
-        }
-    }
+        Ok((source, seen))
+    })
+    .await?;
+    let mut chunks = 0u32;
 
     loop {
-        let batch = next_batch(&mut source, CHUNK_ROWS)?;
+        let (back, batch) = blocking(move || {
+            let batch = next_batch(&mut source, CHUNK_ROWS)?;
+            Ok((source, batch))
+        })
+        .await?;
+        source = back;
         if batch.is_empty() {
             break;
         }
         let last = batch.len() < CHUNK_ROWS;
-        let mut chunk = Chunk::default();
+        let mut validated = cursor.clone();
+        let mut row_errors = Vec::new();
         let mut valid: Vec<(i64, PatientFields, Vec<&'static str>)> = Vec::new();
         for record in batch {
-            cursor.records += 1;
+            validated.records += 1;
             match validate_row(&record, &source, date_format, today, &mut seen) {
                 Ok((fields, present)) => valid.push((record.row, fields, present)),
                 Err(errors) => {
-                    cursor.failed += 1;
-                    chunk.row_errors.extend(errors);
+                    validated.failed += 1;
+                    row_errors.extend(errors);
                 }
             }
         }
-        if !chunk.row_errors.is_empty() && on_error == OnError::Abort {
-            cursor.stopped_writing = true;
+        if !row_errors.is_empty() && on_error == OnError::Abort {
+            validated.stopped_writing = true;
         }
-        let numbers: Vec<String> = valid
-            .iter()
-            .filter_map(|(_, f, _)| f.unhcr_number.clone())
-            .collect();
-        let existing: HashMap<String, Patient> = run
-            .engine
-            .store
-            .patients_by_unhcr(org, &numbers)
-            .await?
-            .into_iter()
-            .filter_map(|p| p.fields.unhcr_number.clone().map(|n| (n, p)))
-            .collect();
-        let at = now();
-        for (row, fields, present) in valid {
-            let current = fields.unhcr_number.as_ref().and_then(|n| existing.get(n));
-            match (current, mode) {
-                (None, _) => {
-                    cursor.imported += 1;
-                    chunk.inserts.push(Patient {
-                        id: new_id(),
-                        organization_id: org,
-                        fields,
-                        created_at: at,
-                        updated_at: at,
-                        version: 1,
-                        deleted_at: None,
-                        import_operation_id: Some(run.op.id),
-                    });
-                }
-                (Some(_), ImportMode::Create) => {
-                    cursor.failed += 1;
-                    chunk.row_errors.push(RowError {
-                        row,
-                        column: source.column_of.get("unhcr_number").cloned().unwrap_or_else(|| "unhcr_number".into()),
-                        code: "duplicate".into(),
-                        message: "a patient of your organization already has this unhcr_number (use mode upsert or skip_existing)".into(),
-                    });
-                    if on_error == OnError::Abort {
-                        cursor.stopped_writing = true;
-                    }
-                }
-                (Some(_), ImportMode::SkipExisting) => cursor.skipped += 1,
-                (Some(existing), ImportMode::Upsert) => {
-                    cursor.updated += 1;
-                    // Cells left empty in the file keep the stored value.
-                    let mut merged = existing.fields.clone();
-                    for field in present {
-                        if let Some(value) = fields.get_json(field) {
-                            let raw = RawValue::from_json(&value).unwrap_or(RawValue::Null);
-                            let _ = merged.set(field, raw, DateFormat::Iso, today);
-                        }
-                    }
-                    let image =
-                        json!({"fields": existing.fields, "deleted_at": existing.deleted_at});
-                    chunk.writes.push(PatientWrite {
-                        patient_id: existing.id,
-                        expected_version: existing.version,
-                        fields: merged,
-                        deleted_at: None,
-                        backup: Some(run.seal_backup(run.op.id, existing.id, &image)),
-                    });
-                }
-            }
-        }
-        if dry_run || cursor.stopped_writing {
-            chunk.inserts.clear();
-            chunk.writes.clear();
-        }
-        chunk.processed = cursor.records;
-        chunk.total = Some(if last {
-            cursor.records
+        let total = Some(if last {
+            validated.records
         } else {
-            estimate_rows(cursor.records, source.reader.bytes_read(), size_bytes)
+            estimate_rows(validated.records, source.reader.bytes_read(), size_bytes)
         });
-        chunk.cursor = serde_json::to_string(&cursor).unwrap_or_default();
-        if run.commit(chunk).await? {
+        // Planned against the patients as they are now; when one of them changes
+        // before the commit (a version conflict), read them again and plan again.
+        let (next, cancel_requested) = loop {
+            let mut next = validated.clone();
+            let mut chunk = plan_chunk(run, &valid, &source, mode, on_error, &mut next).await?;
+            chunk.row_errors.splice(0..0, row_errors.iter().cloned());
+            if dry_run || next.stopped_writing {
+                chunk.inserts.clear();
+                chunk.writes.clear();
+            }
+            chunk.processed = next.records;
+            chunk.total = total;
+            chunk.cursor = serde_json::to_string(&next).unwrap_or_default();
+            match run.try_commit(chunk).await? {
+                ChunkOutcome::Conflict(_) => continue,
+                ChunkOutcome::LeaseLost => return Err(RunError::LeaseLost),
+                ChunkOutcome::Committed { cancel_requested } => break (next, cancel_requested),
+            }
+        };
+        cursor = next;
+        chunks += 1;
+        if chunks == 2 && !dry_run {
+            // Once, early: the lookup by UNHCR number must be planned on the index even
+            // when the organization had few patients before this import.
+            run.engine.store.refresh_statistics().await?;
+        }
+        if cancel_requested {
             return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
         }
     }
@@ -292,7 +285,96 @@ async fn import_rows(
     Ok(Outcome::Completed {
         result: result_json(run, &cursor, &source.plan),
         output: None,
+        rolled_back: None,
     })
+}
+
+/// Runs blocking file work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RunError> + Send + 'static,
+) -> Result<T, RunError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| RunError::Transient(anyhow::anyhow!("import task: {e}")))?
+}
+
+/// Turns a chunk's valid rows into inserts and writes against the patients of the
+/// organization as they are now, counting into `cursor`.
+async fn plan_chunk(
+    run: &Run<'_>,
+    valid: &[(i64, PatientFields, Vec<&'static str>)],
+    source: &Source,
+    mode: ImportMode,
+    on_error: OnError,
+    cursor: &mut ImportCursor,
+) -> Result<Chunk, RunError> {
+    let org = run.op.organization_id;
+    let today = chrono::Utc::now().date_naive();
+    let mut chunk = Chunk::default();
+    let numbers: Vec<String> = valid
+        .iter()
+        .filter_map(|(_, f, _)| f.unhcr_number.clone())
+        .collect();
+    let existing: HashMap<String, Patient> = run
+        .engine
+        .store
+        .patients_by_unhcr(org, &numbers)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.fields.unhcr_number.clone().map(|n| (n, p)))
+        .collect();
+    let at = now();
+    for (row, fields, present) in valid {
+        let current = fields.unhcr_number.as_ref().and_then(|n| existing.get(n));
+        match (current, mode) {
+            (None, _) => {
+                cursor.imported += 1;
+                chunk.inserts.push(Patient {
+                    id: new_id(),
+                    organization_id: org,
+                    fields: fields.clone(),
+                    created_at: at,
+                    updated_at: at,
+                    version: 1,
+                    deleted_at: None,
+                    import_operation_id: Some(run.op.id),
+                });
+            }
+            (Some(_), ImportMode::Create) => {
+                cursor.failed += 1;
+                chunk.row_errors.push(RowError {
+                    row: *row,
+                    column: source.column_of.get("unhcr_number").cloned().unwrap_or_else(|| "unhcr_number".into()),
+                    code: "duplicate".into(),
+                    message: "a patient of your organization already has this unhcr_number (use mode upsert or skip_existing)".into(),
+                });
+                if on_error == OnError::Abort {
+                    cursor.stopped_writing = true;
+                }
+            }
+            (Some(_), ImportMode::SkipExisting) => cursor.skipped += 1,
+            (Some(existing), ImportMode::Upsert) => {
+                cursor.updated += 1;
+                // Cells left empty in the file keep the stored value.
+                let mut merged = existing.fields.clone();
+                for field in present {
+                    if let Some(value) = fields.get_json(field) {
+                        let raw = RawValue::from_json(&value).unwrap_or(RawValue::Null);
+                        let _ = merged.set(field, raw, DateFormat::Iso, today);
+                    }
+                }
+                let image = json!({"fields": existing.fields, "deleted_at": existing.deleted_at});
+                chunk.writes.push(PatientWrite {
+                    patient_id: existing.id,
+                    expected_version: existing.version,
+                    fields: merged,
+                    deleted_at: None,
+                    backup: Some(run.seal_backup(run.op.id, existing.id, &image)),
+                });
+            }
+        }
+    }
+    Ok(chunk)
 }
 
 /// The rows of the whole file, extrapolated from the share of its bytes read so far.
@@ -403,6 +485,7 @@ async fn finish_undo(
     state: undo::UndoCursor,
 ) -> Result<Outcome, RunError> {
     let reason = state.reason;
+    run.begin_undo(reason.as_str(), state.message.clone());
     let wrap = {
         let cursor = cursor.clone();
         move |undo_state: &undo::UndoCursor| {
@@ -413,6 +496,7 @@ async fn finish_undo(
     };
     // Not forced: a patient someone edited meanwhile keeps the edit and is listed.
     let done = undo::undo_operation(run, run.op.id, false, state, &wrap).await?;
+    let (conflicts, conflicts_total) = undo::conflicts_json(run).await?;
     // Everything written was undone: nothing counts as imported or updated.
     let result = json!({
         "rows_total": cursor.records,
@@ -424,7 +508,8 @@ async fn finish_undo(
         "duration_ms": run.elapsed_ms(),
         "rows_per_second": 0,
         "dry_run": run.op.dry_run,
-        "conflicts": undo::conflicts_json(&done.conflicts),
+        "conflicts": conflicts,
+        "conflicts_total": conflicts_total,
     });
     Ok(undo::ending(reason, done.message.clone(), result))
 }

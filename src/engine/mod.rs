@@ -26,7 +26,7 @@ use crate::blobs::BlobStore;
 use crate::crypto::Keyring;
 use crate::domain::now;
 use crate::domain::operation::{Operation, OperationType, Parameters, Status};
-use crate::store::ops::{Chunk, ChunkOutcome, Finish};
+use crate::store::ops::{Chunk, ChunkOutcome, Ending, Finish, Finished, UndoMark};
 use crate::store::{NewAuditEntry, Store, StoreError};
 
 /// Engine limits and retention, from the command line.
@@ -74,6 +74,9 @@ pub struct Engine {
     pub settings: EngineSettings,
     wake: Arc<Notify>,
     worker_id: String,
+    /// Set when the process stops: running attempts release their operations at the
+    /// next chunk so that another process takes over at once.
+    stopping: AtomicBool,
 }
 
 /// Why a run stopped early.
@@ -81,6 +84,9 @@ pub struct Engine {
 pub enum RunError {
     /// Another worker took the operation over; this one writes nothing more.
     LeaseLost,
+    /// The process is stopping; the operation was left at a committed chunk for
+    /// another process to continue.
+    Released,
     /// Worth retrying later (database unreachable, disk full...).
     Transient(anyhow::Error),
     /// Will not get better by retrying; the message is shown to the user.
@@ -176,6 +182,9 @@ pub enum Outcome {
     Completed {
         result: Value,
         output: Option<(String, DateTime<Utc>)>,
+        /// A rollback names its target, marked `rolled_back` in the same transaction
+        /// as this completion, with these audit details.
+        rolled_back: Option<(Uuid, Value)>,
     },
     Cancelled {
         result: Value,
@@ -193,10 +202,12 @@ pub struct Run<'a> {
     pub engine: &'a Engine,
     pub op: Operation,
     lease_lost: Arc<AtomicBool>,
-    commits: std::sync::atomic::AtomicU64,
     /// Milliseconds since the Unix epoch of the last committed chunk, read by the
     /// heartbeat: an attempt that stops making progress stops renewing its lease.
     last_progress: Arc<std::sync::atomic::AtomicI64>,
+    /// Set once this attempt undoes its own changes: an error from then on retries the
+    /// undo instead of ending the operation half-undone.
+    undoing: std::sync::Mutex<Option<UndoMark>>,
 }
 
 impl Run<'_> {
@@ -212,22 +223,40 @@ impl Run<'_> {
     }
 
     /// Like `commit`, but reports a version conflict instead of failing on it.
-    pub async fn try_commit(&self, chunk: Chunk) -> Result<ChunkOutcome, RunError> {
+    pub async fn try_commit(&self, mut chunk: Chunk) -> Result<ChunkOutcome, RunError> {
         if self.lease_lost.load(Ordering::SeqCst) {
             return Err(RunError::LeaseLost);
+        }
+        if chunk.undo.is_none() {
+            chunk.undo = self.undo_mark();
         }
         let outcome = self.engine.store.commit_chunk(&self.op, chunk).await?;
         self.last_progress
             .store(now().timestamp_millis(), Ordering::Relaxed);
-        // After the 2nd chunk and every 20th, while the table changes under the plans.
-        let n = self.commits.fetch_add(1, Ordering::Relaxed) + 1;
-        if n == 2 || n.is_multiple_of(20) {
-            self.engine.store.refresh_statistics().await?;
-        }
         match outcome {
             ChunkOutcome::LeaseLost => Err(RunError::LeaseLost),
+            // What was committed stays; another process continues from it.
+            ChunkOutcome::Committed { .. } if self.engine.stopping.load(Ordering::SeqCst) => {
+                Err(RunError::Released)
+            }
             other => Ok(other),
         }
+    }
+
+    /// Records that this attempt now undoes the operation's own changes, and why
+    /// (`cancelled`, `aborted`, `failed`); every chunk it commits from now on marks the
+    /// operation as undoing.
+    pub fn begin_undo(&self, reason: &str, message: Option<String>) {
+        if let Ok(mut undoing) = self.undoing.lock() {
+            *undoing = Some(UndoMark {
+                reason: reason.to_string(),
+                message,
+            });
+        }
+    }
+
+    fn undo_mark(&self) -> Option<UndoMark> {
+        self.undoing.lock().ok().and_then(|u| u.clone())
     }
 
     /// The saved progress state of a resumed attempt, if any.
@@ -239,12 +268,14 @@ impl Run<'_> {
             .unwrap_or_default()
     }
 
-    /// Set when earlier attempts used them all up (workers that kept crashing): the
-    /// operation must end now, after undoing what it wrote.
+    /// Set when earlier attempts used up the failure budget (workers that kept
+    /// crashing before committing anything, or transient errors): the operation must
+    /// end now, after undoing what it wrote. Takeovers after a graceful release or
+    /// after progress do not count.
     pub fn attempts_exhausted(&self) -> Option<String> {
-        (self.op.attempt > self.engine.settings.max_attempts).then(|| {
+        (self.op.failures >= self.engine.settings.max_attempts).then(|| {
             format!(
-                "gave up after {} attempts (the workers running it stopped)",
+                "gave up after {} failed attempts (the workers running it stopped)",
                 self.engine.settings.max_attempts
             )
         })
@@ -252,7 +283,7 @@ impl Run<'_> {
 
     /// Whether a transient failure now would end the operation instead of a retry.
     pub fn is_last_attempt(&self) -> bool {
-        self.op.attempt >= self.engine.settings.max_attempts
+        self.op.failures + 1 >= self.engine.settings.max_attempts
     }
 
     /// The progress state as last committed (what an undo must start from after an
@@ -279,7 +310,7 @@ impl Run<'_> {
             RunError::Failed { message, .. } => Some(message.clone()),
             RunError::Transient(_) if self.is_last_attempt() => Some(format!(
                 "failed after {} attempts: the database or the file store was unavailable",
-                self.op.attempt
+                self.op.failures + 1
             )),
             _ => None,
         }
@@ -317,17 +348,7 @@ pub fn operation_audit(
     outcome: &str,
     details: Value,
 ) -> NewAuditEntry {
-    NewAuditEntry {
-        organization_id: op.organization_id,
-        user_id: Some(op.user_id),
-        action: action.to_string(),
-        resource_type: "bulk_operation".to_string(),
-        resource_id: Some(op.id.to_string()),
-        operation_id: Some(op.id),
-        client_addr: None,
-        outcome: outcome.to_string(),
-        details: details.to_string(),
-    }
+    NewAuditEntry::for_operation(op, action, outcome, details)
 }
 
 impl Engine {
@@ -344,6 +365,7 @@ impl Engine {
             settings,
             wake: Arc::new(Notify::new()),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            stopping: AtomicBool::new(false),
         }
     }
 
@@ -354,7 +376,8 @@ impl Engine {
 
     /// Claims one due operation and runs it to the end of this attempt.
     pub async fn run_once(&self) -> anyhow::Result<Ran> {
-        match self.claim().await? {
+        let claimed = self.claim(1).await?;
+        match claimed.operations.into_iter().next() {
             None => Ok(Ran::Empty),
             Some(op) => {
                 let id = op.id;
@@ -364,23 +387,10 @@ impl Engine {
         }
     }
 
-    async fn sweep_dependents(&self) -> anyhow::Result<()> {
-        for op in self.store.cancel_orphaned_dependents(now()).await? {
-            let message = op.error_message.clone().unwrap_or_default();
-            self.store
-                .audit_operation(operation_audit(
-                    &op,
-                    "operation.cancel",
-                    "success",
-                    json!({"reason": message}),
-                ))
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// The scheduler and worker loop: up to `workers` operations at once, sleeping
-    /// until the next due time (or a wake-up) when there is nothing to claim.
+    /// The scheduler and worker loop: up to `workers` operations at once, claimed
+    /// together when several slots are free, sleeping until the next due time (or a
+    /// wake-up) when there is nothing to claim. On shutdown, running attempts release
+    /// their operations at their next chunk (see `Run::try_commit`).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(self.clone().run_cleanup(shutdown.clone()));
         if self.settings.workers == 0 {
@@ -389,28 +399,48 @@ impl Engine {
         let watcher = tokio::spawn(self.clone().watch_queue());
         let slots = Arc::new(tokio::sync::Semaphore::new(self.settings.workers));
         let mut running = tokio::task::JoinSet::new();
+        let mut last_sweep = std::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             while running.try_join_next().is_some() {}
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => break,
             };
-            let claimed = self.claim().await;
-            match claimed {
-                Ok(Some(op)) => {
-                    let engine = self.clone();
-                    running.spawn(async move {
-                        engine.execute(op).await;
-                        drop(permit);
-                        engine.wake();
-                    });
+            let mut permits = vec![first];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            if last_sweep.elapsed() >= DEPENDANT_SWEEP {
+                // The finish of an operation cancels its dependants itself; this only
+                // catches what an older version or a crash between steps left behind.
+                last_sweep = std::time::Instant::now();
+                if let Err(e) = self.store.cancel_orphaned_dependents(now()).await {
+                    tracing::warn!(error = %e, "sweeping orphaned dependants failed");
                 }
-                Ok(None) => {
-                    drop(permit);
-                    let wait = self.idle_wait().await;
+            }
+            match self.claim(permits.len()).await {
+                Ok(claimed) if !claimed.operations.is_empty() => {
+                    for op in claimed.operations {
+                        let Some(permit) = permits.pop() else { break };
+                        let engine = self.clone();
+                        running.spawn(async move {
+                            engine.execute(op).await;
+                            drop(permit);
+                            engine.wake();
+                        });
+                    }
+                }
+                Ok(claimed) => {
+                    drop(permits);
+                    // Work held by another process at that moment: look again soon.
+                    let wait = if claimed.contended {
+                        CONTENDED_RETRY
+                    } else {
+                        self.idle_wait().await
+                    };
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = self.wake.notified() => {}
@@ -418,17 +448,22 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(permits);
                     tracing::warn!(
                         error = format!("{e:#}"),
                         "claiming an operation failed; retrying"
                     );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => break,
+                    }
                 }
             }
         }
         watcher.abort();
-        // Give running chunks time to commit; their leases expire for a takeover otherwise.
+        self.stopping.store(true, Ordering::SeqCst);
+        // Running attempts stop at their next chunk and release their operations; what
+        // does not stop in time is dropped, and its lease expires for a takeover.
         let _ = tokio::time::timeout(self.settings.shutdown_timeout, async {
             while running.join_next().await.is_some() {}
         })
@@ -449,26 +484,27 @@ impl Engine {
         }
     }
 
-    async fn claim(&self) -> anyhow::Result<Option<Operation>> {
-        self.sweep_dependents().await?;
-        let at = now();
-        let lease_until = at + chrono::Duration::from_std(self.settings.lease)?;
+    async fn claim(&self, want: usize) -> anyhow::Result<crate::store::ops::Claimed> {
         Ok(self
             .store
-            .claim_next(&self.worker_id, at, lease_until, self.settings.max_per_org)
+            .claim_due(
+                &self.worker_id,
+                self.settings.lease,
+                self.settings.max_per_org,
+                want,
+            )
             .await?)
     }
 
     /// How long to sleep: until the next due time, at most 1 s (operations scheduled
-    /// by other processes are seen by polling), at least 50 ms when something is due
-    /// but blocked (by a dependency or the per-organization limit).
+    /// by other processes are seen by polling), and 1 s when something is due but
+    /// blocked (by a dependency or the per-organization limit): what unblocks it wakes
+    /// us (a finish here, a NOTIFY from elsewhere).
     async fn idle_wait(&self) -> Duration {
         const POLL: Duration = Duration::from_secs(1);
         match self.store.next_due_at().await {
             Ok(Some(due)) => {
                 let until = (due - now()).to_std().unwrap_or(Duration::ZERO);
-                // Due but not claimable (blocked by a dependency or the per-organization
-                // limit): what unblocks it wakes us (a finish here, a NOTIFY elsewhere).
                 if until.is_zero() {
                     POLL
                 } else {
@@ -479,47 +515,50 @@ impl Engine {
         }
     }
 
-    /// Runs one claimed attempt and records its end.
-    async fn execute(&self, op: Operation) {
+    /// Runs one claimed attempt and records its end. A completion refused because a
+    /// cancel arrived after the last chunk runs the operation again in the same
+    /// attempt, which now sees the cancel and undoes what it did.
+    async fn execute(&self, mut op: Operation) {
         let lease_lost = Arc::new(AtomicBool::new(false));
         let last_progress = Arc::new(std::sync::atomic::AtomicI64::new(now().timestamp_millis()));
         // Stops the heartbeat however this attempt ends, even when its task is dropped.
         let _heartbeat =
             AbortOnDrop(self.spawn_heartbeat(&op, lease_lost.clone(), last_progress.clone()));
-        if let Err(e) = self
-            .store
-            .audit_operation(operation_audit(
-                &op,
-                "operation.start",
-                "success",
-                json!({"attempt": op.attempt}),
-            ))
-            .await
-        {
-            tracing::warn!(operation_id = %op.id, error = %e, "could not audit the start of an operation");
-        }
-        let run = Run {
-            engine: self,
-            op: op.clone(),
-            lease_lost,
-            commits: std::sync::atomic::AtomicU64::new(0),
-            last_progress,
-        };
-        // Imports, updates and deletes see this themselves, to undo what they wrote.
-        let undoes_itself = matches!(
-            op.op_type,
-            OperationType::Import | OperationType::Update | OperationType::Delete
-        );
-        let outcome = if op.attempt > self.settings.max_attempts && !undoes_itself {
-            Err(RunError::Failed {
-                message: format!("gave up after {} attempts", self.settings.max_attempts),
-                result: None,
-            })
-        } else {
-            self.dispatch(&run).await
-        };
-        if let Err(e) = self.record_end(&op, outcome).await {
-            tracing::error!(operation_id = %op.id, error = format!("{e:#}"), "recording the end of an operation failed");
+        loop {
+            let run = Run {
+                engine: self,
+                op: op.clone(),
+                lease_lost: lease_lost.clone(),
+                last_progress: last_progress.clone(),
+                undoing: std::sync::Mutex::new(None),
+            };
+            // Imports, updates and deletes see this themselves, to undo what they wrote.
+            let undoes_itself = matches!(
+                op.op_type,
+                OperationType::Import | OperationType::Update | OperationType::Delete
+            );
+            let outcome = match run.attempts_exhausted() {
+                Some(message) if !undoes_itself && op.op_type != OperationType::Rollback => {
+                    Err(RunError::Failed {
+                        message,
+                        result: None,
+                    })
+                }
+                _ => self.dispatch(&run).await,
+            };
+            match self.record_end(&run, outcome).await {
+                Ok(Finished::CancelRequested) => {
+                    match self.store.get_operation(op.organization_id, op.id).await {
+                        Ok(Some(fresh)) if fresh.attempt == op.attempt => op = fresh,
+                        _ => return,
+                    }
+                }
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(operation_id = %op.id, error = format!("{e:#}"), "recording the end of an operation failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -544,9 +583,7 @@ impl Engine {
                     tracing::warn!(operation_id = %id, "no progress for 10 minutes; letting the lease expire");
                     return;
                 }
-                let until = now()
-                    + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
-                match store.heartbeat(id, attempt, until).await {
+                match store.heartbeat(id, attempt, lease).await {
                     Ok(true) => {}
                     Ok(false) => {
                         lost.store(true, Ordering::SeqCst);
@@ -592,85 +629,125 @@ impl Engine {
         }
     }
 
-    async fn record_end(
-        &self,
-        op: &Operation,
-        outcome: Result<Outcome, RunError>,
-    ) -> anyhow::Result<()> {
+    /// How an attempt's outcome is written: a final status, a retry, a retry of the
+    /// undo, or a release; fenced, with its audit entries, in one transaction.
+    fn ending_of(&self, run: &Run<'_>, outcome: Result<Outcome, RunError>) -> Option<Finish> {
+        let op = &run.op;
         let at = now();
         let base = Finish {
             operation_id: op.id,
             attempt: op.attempt,
-            status: Status::Failed,
+            ending: Ending::Final(Status::Failed),
             result: None,
             error_message: None,
             output_blob: None,
             output_expires_at: None,
-            retry_at: None,
             completed_at: at,
             audit: None,
+            rolled_back: None,
         };
-        let finish = match outcome {
-            Ok(Outcome::Completed { result, output }) => Finish {
-                status: Status::Completed,
-                audit: Some(operation_audit(
-                    op,
-                    "operation.complete",
-                    "success",
-                    json!({}),
-                )),
-                result: Some(result),
-                output_blob: output.as_ref().map(|(b, _)| b.clone()),
-                output_expires_at: output.map(|(_, e)| e),
-                ..base
-            },
-            Ok(Outcome::Cancelled { result, note }) => Finish {
-                status: Status::Cancelled,
-                audit: Some(operation_audit(
-                    op,
-                    "operation.cancel",
-                    "success",
-                    json!({"while": "running"}),
-                )),
-                result: Some(result),
-                error_message: Some(note.unwrap_or_else(|| {
-                    "cancelled while running; its partial changes were undone".into()
-                })),
-                ..base
-            },
-            Ok(Outcome::Failed { result, message }) => Finish {
-                audit: Some(operation_audit(
-                    op,
-                    "operation.fail",
-                    "failure",
-                    json!({"reason": message}),
-                )),
-                result: Some(result),
-                error_message: Some(message),
-                ..base
-            },
+        let failed = |message: String, result: Option<Value>| Finish {
+            audit: Some(operation_audit(
+                op,
+                "operation.fail",
+                "failure",
+                json!({"reason": message}),
+            )),
+            result,
+            error_message: Some(message),
+            ..base.clone()
+        };
+        let error = match outcome {
+            Ok(Outcome::Completed {
+                result,
+                output,
+                rolled_back,
+            }) => {
+                return Some(Finish {
+                    ending: Ending::Final(Status::Completed),
+                    audit: Some(operation_audit(
+                        op,
+                        "operation.complete",
+                        "success",
+                        json!({}),
+                    )),
+                    result: Some(result),
+                    output_blob: output.as_ref().map(|(b, _)| b.clone()),
+                    output_expires_at: output.map(|(_, e)| e),
+                    rolled_back: rolled_back.map(|(target, details)| {
+                        // The target's own trail records that it was rolled back.
+                        let mut entry =
+                            operation_audit(op, "operation.rolled_back", "success", details);
+                        entry.resource_id = Some(target.to_string());
+                        entry.operation_id = Some(target);
+                        (target, entry)
+                    }),
+                    ..base
+                });
+            }
+            Ok(Outcome::Cancelled { result, note }) => {
+                return Some(Finish {
+                    ending: Ending::Final(Status::Cancelled),
+                    audit: Some(operation_audit(
+                        op,
+                        "operation.cancel",
+                        "success",
+                        json!({"while": "running"}),
+                    )),
+                    result: Some(result),
+                    error_message: Some(note.unwrap_or_else(|| {
+                        "cancelled while running; its partial changes were undone".into()
+                    })),
+                    ..base
+                })
+            }
+            Ok(Outcome::Failed { result, message }) => return Some(failed(message, Some(result))),
             Err(RunError::LeaseLost) => {
                 tracing::warn!(operation_id = %op.id, "lease lost; another worker continues");
-                return Ok(());
+                return None;
             }
-            Err(RunError::Failed { message, result }) => Finish {
-                audit: Some(operation_audit(
-                    op,
-                    "operation.fail",
-                    "failure",
-                    json!({"reason": message}),
+            Err(RunError::Released) => {
+                tracing::info!(operation_id = %op.id, "stopping: operation released for another process");
+                return Some(Finish {
+                    ending: Ending::Release,
+                    ..base
+                });
+            }
+            Err(e) => e,
+        };
+        if let Some(undo) = run.undo_mark() {
+            // An undo is never given up: it is retried (by any worker) until it
+            // completes, and the operation stays `processing` and undoing meanwhile.
+            let detail = match &error {
+                RunError::Failed { message, .. } => message.clone(),
+                RunError::Transient(e) => format!("{e:#}"),
+                _ => String::new(),
+            };
+            tracing::warn!(operation_id = %op.id, attempt = op.attempt, error = %detail, "undo interrupted; retrying");
+            let backoff = retry_backoff(op.attempt, UNDO_RETRY_CAP);
+            return Some(Finish {
+                ending: Ending::RetryUndo {
+                    at: at + chrono::Duration::from_std(backoff).unwrap_or_default(),
+                    undo,
+                },
+                error_message: Some(format!(
+                    "undoing its partial changes; attempt {} was interrupted and is retried",
+                    op.attempt
                 )),
-                result,
-                error_message: Some(message),
                 ..base
-            },
-            Err(RunError::Transient(e)) => {
-                tracing::warn!(operation_id = %op.id, attempt = op.attempt, error = format!("{e:#}"), "transient failure");
-                if op.attempt < self.settings.max_attempts {
-                    let backoff = Duration::from_secs(1 << (op.attempt - 1).clamp(0, 8) as u32);
+            });
+        }
+        Some(match error {
+            RunError::Failed { message, result } => failed(message, result),
+            RunError::Transient(e) => {
+                let failures = op.failures + 1;
+                tracing::warn!(operation_id = %op.id, attempt = op.attempt, failures, error = format!("{e:#}"), "transient failure");
+                if failures < self.settings.max_attempts {
+                    let backoff = retry_backoff(failures, RETRY_CAP);
                     Finish {
-                        status: Status::Scheduled,
-                        retry_at: Some(at + chrono::Duration::from_std(backoff)?),
+                        ending: Ending::Retry {
+                            at: at + chrono::Duration::from_std(backoff).unwrap_or_default(),
+                        },
                         error_message: Some(format!(
                             "attempt {} failed temporarily; retrying",
                             op.attempt
@@ -678,31 +755,70 @@ impl Engine {
                         ..base
                     }
                 } else {
-                    let message = format!(
-                        "failed after {} attempts: the database or the file store was unavailable",
-                        op.attempt
-                    );
-                    Finish {
-                        audit: Some(operation_audit(
-                            op,
-                            "operation.fail",
-                            "failure",
-                            json!({"reason": message}),
-                        )),
-                        error_message: Some(message),
-                        ..base
-                    }
+                    failed(
+                        format!(
+                            "failed after {failures} attempts: the database or the file store was unavailable"
+                        ),
+                        None,
+                    )
                 }
             }
-        };
-        let ended = finish.status.is_final();
-        if self.store.finish_operation(finish).await?
-            && ended
-            && op.op_type == OperationType::Import
-        {
-            // The upload holds patient data; once the import has ended nobody reads it.
-            self.blobs.remove(&BlobStore::upload_name(op.id));
-        }
-        Ok(())
+            // Handled above.
+            RunError::LeaseLost | RunError::Released => return None,
+        })
     }
+
+    async fn record_end(
+        &self,
+        run: &Run<'_>,
+        outcome: Result<Outcome, RunError>,
+    ) -> anyhow::Result<Finished> {
+        let op = &run.op;
+        let Some(finish) = self.ending_of(run, outcome) else {
+            return Ok(Finished::LeaseLost);
+        };
+        let ending = finish.ending.clone();
+        let published = finish.output_blob.clone();
+        let finished = self.store.finish_operation(finish).await?;
+        match (finished, ending) {
+            (Finished::Done, Ending::Final(_)) => {
+                if op.op_type == OperationType::Import {
+                    // The upload holds patient data; once the import has ended nobody
+                    // reads it.
+                    self.blobs.remove(&BlobStore::upload_name(op.id));
+                }
+                // Files of other attempts (a stale worker's, a crashed one's) are
+                // never published: remove them.
+                if op.op_type == OperationType::Export {
+                    self.blobs
+                        .remove_exports_except(op.id, published.as_deref());
+                }
+            }
+            (Finished::LeaseLost, _) if op.op_type == OperationType::Export => {
+                // This attempt's own file; the attempt that holds the lease writes its own.
+                self.blobs.remove_export_attempt(op.id, op.attempt);
+            }
+            _ => {}
+        }
+        Ok(finished)
+    }
+}
+
+/// How often a process looks for operations orphaned by a failed dependency that no
+/// finish took care of.
+const DEPENDANT_SWEEP: Duration = Duration::from_secs(30);
+/// How soon to look again when due work was held by another process.
+const CONTENDED_RETRY: Duration = Duration::from_millis(20);
+/// Longest wait between retries of a transient failure.
+const RETRY_CAP: Duration = Duration::from_secs(300);
+/// Longest wait between retries of an interrupted undo.
+const UNDO_RETRY_CAP: Duration = Duration::from_secs(60);
+
+/// Exponential backoff from 1 s for the n-th retry, capped, with "equal jitter" (a
+/// random half of it) so that operations failed by one outage do not retry in step.
+fn retry_backoff(n: i64, cap: Duration) -> Duration {
+    use rand::Rng;
+    let exp = (n - 1).clamp(0, 16) as u32;
+    let base = Duration::from_secs(1u64 << exp).min(cap);
+    base.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }

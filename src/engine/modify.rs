@@ -39,6 +39,12 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
     if let Some(state) = cursor.undo.clone() {
         return undo_and_end(run, cursor, state, is_delete, create_backup).await;
     }
+    if let Some(reason) = run.op.undo_reason.as_deref().and_then(undo::Reason::parse) {
+        // An undo that stopped before its first chunk: begin it again.
+        let mut state = UndoCursor::new(reason);
+        state.message = run.op.undo_message.clone();
+        return undo_and_end(run, cursor, state, is_delete, create_backup).await;
+    }
     if run.op.cancel_requested {
         let state = UndoCursor::new(undo::Reason::Cancelled);
         return undo_and_end(run, cursor, state, is_delete, create_backup).await;
@@ -163,6 +169,7 @@ async fn modify_rows(
     Ok(Outcome::Completed {
         result,
         output: None,
+        rolled_back: None,
     })
 }
 
@@ -196,6 +203,7 @@ async fn undo_and_end(
             _ => Outcome::Failed { message, result },
         });
     }
+    run.begin_undo(reason.as_str(), state.message.clone());
     cursor.undo = Some(state.clone());
     let save = move |s: &UndoCursor| {
         let mut c = cursor.clone();
@@ -204,12 +212,13 @@ async fn undo_and_end(
     };
     // Not forced: a patient someone edited meanwhile keeps the edit and is listed.
     let done = undo::undo_operation(run, run.op.id, false, state, &save).await?;
-    let conflicts = undo::conflicts_json(&done.conflicts);
+    let (conflicts, conflicts_total) = undo::conflicts_json(run).await?;
     let result = if is_delete {
-        json!({"patients_deleted": 0, "duration_ms": run.elapsed_ms(), "conflicts": conflicts})
+        json!({"patients_deleted": 0, "duration_ms": run.elapsed_ms(), "conflicts": conflicts,
+            "conflicts_total": conflicts_total})
     } else {
         json!({"patients_matched": 0, "patients_updated": 0, "backup_id": null,
-            "duration_ms": run.elapsed_ms(), "conflicts": conflicts})
+            "duration_ms": run.elapsed_ms(), "conflicts": conflicts, "conflicts_total": conflicts_total})
     };
     Ok(undo::ending(reason, done.message, result))
 }

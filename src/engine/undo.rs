@@ -3,7 +3,10 @@
 //! running operation is cancelled or aborted, and by rollback operations (SPEC 4.6).
 //!
 //! The undo commits in chunks under the running operation's lease, with its own cursor
-//! inside the progress cursor, so a crash mid-undo resumes where it stopped.
+//! inside the progress cursor, so a crash mid-undo resumes where it stopped. Once
+//! begun, an undo is never abandoned: an error retries it (see `Engine::ending_of`)
+//! and the operation shows `undoing` until it is done. Patients it must leave alone
+//! are stored as rows of `operation_conflicts`, never in the cursor.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -12,6 +15,7 @@ use uuid::Uuid;
 use super::{backup_aad, Outcome, Run, RunError};
 use crate::domain::filters::PatientFilters;
 use crate::domain::patient::PatientFields;
+pub use crate::store::ops::Conflict;
 use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
 use crate::store::Page;
 
@@ -37,11 +41,37 @@ pub enum Phase {
     Done,
 }
 
-/// A patient left as it is because someone changed it after the operation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Conflict {
-    pub patient_id: Uuid,
-    pub reason: String,
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Cancelled => "cancelled",
+            Reason::Aborted => "aborted",
+            Reason::Failed => "failed",
+            Reason::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(text.to_string())).ok()
+    }
+}
+
+/// How many conflicts a result lists; all of them are paged through
+/// `GET /api/v2/bulk-operations/{id}/conflicts`.
+pub const CONFLICT_SAMPLE: i64 = 100;
+
+/// The conflict count; cursors written before conflicts became rows held the list.
+fn count_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum CountOrList {
+        Count(i64),
+        List(Vec<Value>),
+    }
+    Ok(match CountOrList::deserialize(d)? {
+        CountOrList::Count(n) => n,
+        CountOrList::List(list) => list.len() as i64,
+    })
 }
 
 /// Where an undo stands; saved with every chunk.
@@ -52,7 +82,9 @@ pub struct UndoCursor {
     pub after: Option<Uuid>,
     pub removed: i64,
     pub restored: i64,
-    pub conflicts: Vec<Conflict>,
+    /// Patients left alone so far (the rows are in `operation_conflicts`).
+    #[serde(default, deserialize_with = "count_or_list")]
+    pub conflicts: i64,
     /// Patients to look at (created plus backed up), counted when the undo starts.
     #[serde(default)]
     pub total: Option<i64>,
@@ -63,7 +95,7 @@ pub struct UndoCursor {
 
 impl UndoCursor {
     fn processed(&self) -> i64 {
-        self.removed + self.restored + self.conflicts.len() as i64
+        self.removed + self.restored + self.conflicts
     }
 }
 
@@ -109,6 +141,9 @@ pub async fn undo_operation(
             })
             .await?;
         state.total = Some(created + store.count_backups(target).await?);
+        // Marks the operation as undoing at once, with where the undo starts, before
+        // anything is undone: a crash from here on resumes the undo.
+        commit_undo_chunk(run, Chunk::default(), &state, save).await?;
     }
     while state.phase == Phase::Remove {
         let page = store
@@ -135,7 +170,8 @@ pub async fn undo_operation(
         for patient in &page {
             // Created at version 1; a later version means someone edited it since.
             if patient.version != 1 && !force {
-                next.conflicts.push(Conflict {
+                next.conflicts += 1;
+                chunk.conflicts.push(Conflict {
                     patient_id: patient.id,
                     reason: "changed after the import (version moved on)".into(),
                 });
@@ -232,7 +268,8 @@ pub async fn undo_operation(
         let mut next = state.clone();
         next.after = next_after;
         next.restored += restored;
-        next.conflicts.extend(conflicts);
+        next.conflicts += conflicts.len() as i64;
+        chunk.conflicts = conflicts;
         chunk.cursor = save(&next);
         chunk.processed = next.processed();
         chunk.total = next.total;
@@ -276,15 +313,24 @@ pub fn ending(reason: Reason, message: Option<String>, result: Value) -> Outcome
     }
 }
 
-/// The `result.conflicts` list of SPEC 10.
-pub fn conflicts_json(conflicts: &[Conflict]) -> Value {
-    json!(conflicts
+/// The `result.conflicts` of SPEC 10 (a list of `{"patient_id","reason"}`), cut to
+/// the first `CONFLICT_SAMPLE`, and `conflicts_total`, the whole count.
+pub async fn conflicts_json(run: &Run<'_>) -> Result<(Value, i64), RunError> {
+    let store = &run.engine.store;
+    let org = run.op.organization_id;
+    let sample = store
+        .conflicts(org, run.op.id, None, CONFLICT_SAMPLE)
+        .await?;
+    let total = store.count_conflicts(org, run.op.id).await?;
+    let list = sample
         .iter()
         .map(|c| json!({"patient_id": c.patient_id, "reason": c.reason}))
-        .collect::<Vec<_>>())
+        .collect::<Vec<_>>();
+    Ok((json!(list), total))
 }
 
-/// A rollback operation: undoes its target and marks it `rolled_back`.
+/// A rollback operation: undoes its target; its completion marks the target
+/// `rolled_back` in the same fenced transaction.
 pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Outcome, RunError> {
     let state: UndoCursor = run
         .op
@@ -292,7 +338,7 @@ pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Ou
         .as_deref()
         .and_then(|c| serde_json::from_str(c).ok())
         .unwrap_or_else(|| UndoCursor::new(Reason::Rollback));
-    if run.op.progress_cursor.is_none() {
+    if run.op.progress_cursor.is_none() && run.op.undo_reason.is_none() {
         // Checked again here, not only when the request came in: two rollbacks must
         // never both restore.
         let target_op = run
@@ -308,30 +354,24 @@ pub async fn run_rollback(run: &Run<'_>, target: Uuid, force: bool) -> Result<Ou
             });
         }
     }
+    // From here on the restore is finished whatever happens (retried on errors).
+    run.begin_undo(Reason::Rollback.as_str(), None);
     let save = |s: &UndoCursor| serde_json::to_string(s).unwrap_or_default();
     let done = undo_operation(run, target, force, state, &save).await?;
-    run.engine
-        .store
-        .mark_rolled_back(run.op.organization_id, target)
-        .await?;
-    // The target's own trail records that it was rolled back, and by which operation.
-    let mut entry = super::operation_audit(
-        &run.op,
-        "operation.rolled_back",
-        "success",
-        json!({"rollback_operation_id": run.op.id, "conflicts": done.conflicts.len()}),
-    );
-    entry.resource_id = Some(target.to_string());
-    entry.operation_id = Some(target);
-    run.engine.store.audit_operation(entry).await?;
+    let (conflicts, conflicts_total) = conflicts_json(run).await?;
     Ok(Outcome::Completed {
         result: json!({
             "target_operation_id": target,
             "patients_restored": done.restored,
             "patients_removed": done.removed,
-            "conflicts": conflicts_json(&done.conflicts),
+            "conflicts": conflicts,
+            "conflicts_total": conflicts_total,
             "duration_ms": run.elapsed_ms(),
         }),
         output: None,
+        rolled_back: Some((
+            target,
+            json!({"rollback_operation_id": run.op.id, "conflicts": conflicts_total}),
+        )),
     })
 }

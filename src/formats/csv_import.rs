@@ -206,9 +206,13 @@ pub enum ImportFileError {
     /// Bytes that are not UTF-8 (typically a legacy-encoded spreadsheet export).
     #[error("the file is not UTF-8 text (row {row}); save it as CSV UTF-8")]
     NotUtf8 { row: u64 },
-    /// The reader failed (for example an I/O error); `message` names no patient data.
+    /// The CSV structure is broken; `message` names no patient data.
     #[error("the file could not be read as CSV (row {row}): {message}")]
     Malformed { row: u64, message: String },
+    /// Reading the stored file failed (a disk or file-store error, or a file that
+    /// does not decrypt: kind `InvalidData`). Not the data's fault unless decrypting.
+    #[error("the stored file could not be read (row {row}): {kind}")]
+    Unreadable { row: u64, kind: std::io::ErrorKind },
 }
 
 impl ImportFileError {
@@ -218,6 +222,7 @@ impl ImportFileError {
             ImportFileError::Empty => "empty_file",
             ImportFileError::NotUtf8 { .. } => "not_utf8",
             ImportFileError::Malformed { .. } => "malformed_csv",
+            ImportFileError::Unreadable { .. } => "unreadable_file",
         }
     }
 
@@ -229,11 +234,16 @@ impl ImportFileError {
 
 /// Describes a reader error without its text, which could quote the input.
 fn malformed(err: &csv::Error, row: u64) -> ImportFileError {
-    let message = match err.kind() {
-        csv::ErrorKind::Io(io) => format!("read error ({})", io.kind()),
-        _ => "the CSV structure is invalid".to_string(),
-    };
-    ImportFileError::Malformed { row, message }
+    match err.kind() {
+        csv::ErrorKind::Io(io) => ImportFileError::Unreadable {
+            row,
+            kind: io.kind(),
+        },
+        _ => ImportFileError::Malformed {
+            row,
+            message: "the CSV structure is invalid".to_string(),
+        },
+    }
 }
 
 /// One data record and the spreadsheet row it came from (header = row 1), so row errors

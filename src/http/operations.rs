@@ -25,6 +25,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v2/bulk-operations/{id}/status", get(status))
         .route("/api/v2/bulk-operations/{id}/cancel", post(cancel))
         .route("/api/v2/bulk-operations/{id}/errors", get(errors))
+        .route("/api/v2/bulk-operations/{id}/conflicts", get(conflicts))
         .route("/api/v2/bulk-operations/{id}/download", get(download))
 }
 
@@ -112,18 +113,11 @@ async fn cancel(
         state.store.append_audit(entry).await?;
         return Err(AppError::Forbidden("bulk.cancel"));
     }
-    if op.op_type == OperationType::Rollback && (op.status == Status::Processing || op.attempt > 0)
+    if op.status.is_final()
+        || op.undoing()
+        || (op.op_type == OperationType::Rollback && op.attempt > 0)
     {
-        // Stopping a restore half-way would leave a mix of old and new values.
-        return Err(AppError::Conflict(
-            "a rollback that has started cannot be cancelled; let it finish".into(),
-        ));
-    }
-    if op.status.is_final() {
-        return Err(AppError::Conflict(format!(
-            "the operation has already ended ({}); only scheduled or running operations can be cancelled",
-            op.status.as_str()
-        )));
+        return Err(AppError::Conflict(cancel_refusal(&op)));
     }
     let mut audit = caller.actor().entry(
         "operation.cancel",
@@ -133,13 +127,61 @@ async fn cancel(
         json!({"requested_while": op.status.as_str()}),
     );
     audit.operation_id = Some(id);
-    let op = state
+    let (op, accepted) = state
         .store
         .request_cancel(caller.org(), id, now(), audit)
         .await?
         .ok_or(AppError::NotFound("operation"))?;
+    if !accepted {
+        // The state changed since it was read above: say what it is now.
+        return Err(AppError::Conflict(cancel_refusal(&op)));
+    }
     state.engine.wake();
     Ok(Json(op.to_json()))
+}
+
+/// Why a cancel was refused, from the operation as it is now. The store checks the
+/// same conditions in the statement that cancels, so a race ends here too.
+fn cancel_refusal(op: &Operation) -> String {
+    if op.status.is_final() {
+        format!(
+            "the operation has already ended ({}); only scheduled or running operations can be cancelled",
+            op.status.as_str()
+        )
+    } else if op.op_type == OperationType::Rollback {
+        // Stopping a restore half-way would leave a mix of old and new values.
+        "a rollback that has started cannot be cancelled; let it finish".into()
+    } else if op.undoing() {
+        "the operation is already undoing its partial changes; it ends once they are undone".into()
+    } else {
+        "the operation cannot be cancelled in its current state".into()
+    }
+}
+
+/// The patients an undo or a rollback left alone because someone changed them after
+/// the operation, all of them, paged by patient id (`result.conflicts` holds a sample).
+async fn conflicts(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    PathId(id): PathId,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> AppResult<Json<Value>> {
+    let page = page_from_query(&query)?;
+    let op = find(&state, caller.org(), id).await?;
+    let rows = state
+        .store
+        .conflicts(caller.org(), op.id, page.after, page.limit)
+        .await?;
+    let next_cursor = (rows.len() as i64 == page.limit)
+        .then(|| rows.last().map(|c| c.patient_id))
+        .flatten();
+    Ok(Json(json!({
+        "conflicts": rows
+            .iter()
+            .map(|c| json!({"patient_id": c.patient_id, "reason": c.reason}))
+            .collect::<Vec<_>>(),
+        "next_cursor": next_cursor,
+    })))
 }
 
 async fn errors(

@@ -92,6 +92,28 @@ pub struct NewAuditEntry {
     pub details: String,
 }
 
+impl NewAuditEntry {
+    /// An entry about a bulk operation, in its own trail (written by the engine).
+    pub fn for_operation(
+        op: &crate::domain::operation::Operation,
+        action: &str,
+        outcome: &str,
+        details: serde_json::Value,
+    ) -> Self {
+        NewAuditEntry {
+            organization_id: op.organization_id,
+            user_id: Some(op.user_id),
+            action: action.to_string(),
+            resource_type: "bulk_operation".to_string(),
+            resource_id: Some(op.id.to_string()),
+            operation_id: Some(op.id),
+            client_addr: None,
+            outcome: outcome.to_string(),
+            details: details.to_string(),
+        }
+    }
+}
+
 /// An audit entry as stored, with its place in the chain.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AuditEntry {

@@ -45,6 +45,25 @@ pub struct Chunk {
     /// does not, the chunk commits nothing and reports a conflict.
     pub removal_version: Option<i64>,
     pub row_errors: Vec<RowError>,
+    /// Patients an undo leaves alone (stored as rows, never in the cursor).
+    pub conflicts: Vec<Conflict>,
+    /// Marks the operation as undoing its own changes (first chunk of an undo).
+    pub undo: Option<UndoMark>,
+}
+
+/// A patient left as it is by an undo because someone changed it after the operation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Conflict {
+    pub patient_id: Uuid,
+    pub reason: String,
+}
+
+/// Why an operation undoes its own partial changes, and the message it ends with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UndoMark {
+    /// `cancelled`, `aborted` or `failed`.
+    pub reason: String,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,20 +77,56 @@ pub enum ChunkOutcome {
     Conflict(Uuid),
 }
 
-/// The end of an attempt: a final status, or back to `scheduled` for a retry.
+/// How an attempt ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ending {
+    /// A final status: completed, failed or cancelled.
+    Final(Status),
+    /// Back to `scheduled`, due again at `at`; the attempt counts as a failure.
+    Retry { at: DateTime<Utc> },
+    /// The undo of the operation's own changes stopped on an error: it stays
+    /// `processing` (undoing) and any worker resumes it at `at`. Never counts.
+    RetryUndo { at: DateTime<Utc>, undo: UndoMark },
+    /// The process is stopping: the lease is given up so that another process takes
+    /// the operation over at once. Not a failure.
+    Release,
+}
+
+/// The end of an attempt, fenced by `attempt`, with its audit entries.
 #[derive(Debug, Clone)]
 pub struct Finish {
     pub operation_id: Uuid,
     pub attempt: i64,
-    pub status: Status,
+    pub ending: Ending,
     pub result: Option<serde_json::Value>,
     pub error_message: Option<String>,
     pub output_blob: Option<String>,
     pub output_expires_at: Option<DateTime<Utc>>,
-    /// When set with status `scheduled`, the operation is retried at this time.
-    pub retry_at: Option<DateTime<Utc>>,
     pub completed_at: DateTime<Utc>,
     pub audit: Option<NewAuditEntry>,
+    /// A completing rollback marks its target `rolled_back` in the same transaction,
+    /// with this audit entry in the target's trail.
+    pub rolled_back: Option<(Uuid, NewAuditEntry)>,
+}
+
+/// What `finish_operation` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    Done,
+    /// Another attempt holds the operation: nothing was written.
+    LeaseLost,
+    /// A completion met a cancel that arrived after the last chunk: nothing was
+    /// written; the attempt must undo and end `cancelled` instead.
+    CancelRequested,
+}
+
+/// What one claim handed out.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub operations: Vec<Operation>,
+    /// Some due work was skipped because another process held it at that moment
+    /// (worth trying again soon, not after a full poll interval).
+    pub contended: bool,
 }
 
 /// A sealed before-image as stored.
@@ -122,42 +177,57 @@ pub trait OpsStore: Send + Sync {
         user: Uuid,
         since: DateTime<Utc>,
     ) -> StoreResult<(i64, Option<DateTime<Utc>>)>;
-    /// Cancels a scheduled operation at once, or flags a running one; returns the
-    /// operation as it is afterwards (unchanged when it had already ended).
+    /// Cancels a scheduled operation at once, or flags a running one, in one statement
+    /// each (no read-then-write). Returns the operation as it is afterwards and whether
+    /// the cancel was accepted: refused when it had ended, when it is a rollback that
+    /// has started, or when it is already undoing its changes.
     async fn request_cancel(
         &self,
         org: Uuid,
         id: Uuid,
         now: DateTime<Utc>,
         audit: NewAuditEntry,
-    ) -> StoreResult<Option<Operation>>;
-    /// Marks a target operation `rolled_back` once its rollback completed.
-    async fn mark_rolled_back(&self, org: Uuid, id: Uuid) -> StoreResult<()>;
-
-    /// Claims the next due operation for `worker`, serving organizations fairly and
-    /// keeping at most `max_per_org` running per organization.
-    async fn claim_next(
+    ) -> StoreResult<Option<(Operation, bool)>>;
+    /// Claims up to `want` due operations for `worker`, serving organizations fairly and
+    /// keeping at most `max_per_org` running per organization across processes. The
+    /// lease runs `lease` from the database's clock at the claim; each claimed
+    /// operation's `operation.start` audit entry is written in the same transaction.
+    /// Never waits on a row another worker holds.
+    async fn claim_due(
         &self,
         worker: &str,
-        now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
+        lease: std::time::Duration,
         max_per_org: i64,
-    ) -> StoreResult<Option<Operation>>;
+        want: usize,
+    ) -> StoreResult<Claimed>;
     /// The earliest time something becomes due (scheduled, retry or expired lease).
     async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
-    /// Cancels scheduled operations whose dependency failed, was cancelled or rolled back.
-    async fn cancel_orphaned_dependents(&self, now: DateTime<Utc>) -> StoreResult<Vec<Operation>>;
+    /// Cancels scheduled operations whose dependency failed, was cancelled or rolled
+    /// back, transitively, each with its audit entry; returns how many. The finish of
+    /// an operation does this itself; this is the periodic safety net.
+    async fn cancel_orphaned_dependents(&self, now: DateTime<Utc>) -> StoreResult<u64>;
     /// Extends the lease; false when this attempt no longer holds the operation.
+    /// The lease runs `lease` from the database's clock.
     async fn heartbeat(
         &self,
         id: Uuid,
         attempt: i64,
-        lease_until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> StoreResult<bool>;
     /// Commits one chunk with its progress, fenced by `attempt`.
     async fn commit_chunk(&self, op: &Operation, chunk: Chunk) -> StoreResult<ChunkOutcome>;
-    /// Ends an attempt (fenced); false when the lease was lost.
-    async fn finish_operation(&self, finish: Finish) -> StoreResult<bool>;
+    /// Ends an attempt (fenced), with its audit entries and the cancellation of
+    /// dependants its ending orphans, in one transaction.
+    async fn finish_operation(&self, finish: Finish) -> StoreResult<Finished>;
+    /// A page of the patients an operation's undo left alone, by patient id.
+    async fn conflicts(
+        &self,
+        org: Uuid,
+        operation_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<Conflict>>;
+    async fn count_conflicts(&self, org: Uuid, operation_id: Uuid) -> StoreResult<i64>;
     /// Whether the operation was asked to cancel.
     async fn cancel_requested(&self, id: Uuid) -> StoreResult<bool>;
 

@@ -5,22 +5,51 @@ pub const OPERATION_COLUMNS: &str = "id, type, status, user_id, organization_id,
     started_at, completed_at, created_at, parameters, parameters_key_id, result, error_message, \
     timezone, email_notification, dry_run, schedule_id, target_operation_id, idempotency_key, \
     attempt, lease_expires_at, next_attempt_at, cancel_requested, progress_processed, \
-    progress_total, progress_cursor";
+    progress_total, progress_cursor, failures, undo_reason, undo_message";
 
-/// A candidate is due, not blocked by an unfinished dependency, and its organization
-/// runs fewer than `$2` operations. Organizations running the fewest come first.
-pub const CLAIM_CANDIDATE: &str = "SELECT o.id FROM bulk_operations o \
+/// Due operations not blocked by an unfinished dependency, oldest first: the window
+/// a claim picks from (`$1` the database's time, `$2` the window's size). Served by the
+/// partial indexes on scheduled operations and on leases (migration 0004).
+pub const CLAIM_CANDIDATES: &str = "SELECT o.id, o.organization_id FROM bulk_operations o \
     WHERE ((o.status = 'scheduled' AND o.scheduled_at <= $1 \
             AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= $1)) \
         OR (o.status = 'processing' AND o.lease_expires_at < $1)) \
       AND NOT EXISTS (SELECT 1 FROM operation_dependencies d \
             JOIN bulk_operations p ON p.id = d.depends_on_id \
             WHERE d.operation_id = o.id AND p.status <> 'completed') \
-      AND (SELECT COUNT(*) FROM bulk_operations r WHERE r.organization_id = o.organization_id \
-            AND r.status = 'processing' AND r.lease_expires_at >= $1) < $2 \
-    ORDER BY (SELECT COUNT(*) FROM bulk_operations r WHERE r.organization_id = o.organization_id \
-            AND r.status = 'processing' AND r.lease_expires_at >= $1), o.scheduled_at, o.id \
-    LIMIT 1";
+    ORDER BY o.scheduled_at, o.id LIMIT $2";
+
+/// Operations running now (a live lease), by organization.
+pub const RUNNING_BY_ORG: &str = "SELECT organization_id, COUNT(*) FROM bulk_operations \
+    WHERE status = 'processing' AND lease_expires_at >= $1 GROUP BY organization_id";
+
+/// How many candidates a claim looks at: enough to find work for every free slot
+/// across organizations at their limit.
+pub const CLAIM_WINDOW: i64 = 1000;
+
+/// Orders due candidates fairly: each organization's k-th candidate ranks by
+/// (operations it runs now + k), so one organization's hundred operations
+/// interleave with another's one; an organization at `max_per_org` gets none.
+/// Ties keep the oldest-first order of `candidates`.
+pub fn fair_pick(
+    candidates: &[(uuid::Uuid, uuid::Uuid)],
+    running: &std::collections::HashMap<uuid::Uuid, i64>,
+    max_per_org: i64,
+    want: usize,
+) -> Vec<(uuid::Uuid, uuid::Uuid)> {
+    let mut seen: std::collections::HashMap<uuid::Uuid, i64> = std::collections::HashMap::new();
+    let mut ranked: Vec<(i64, usize, (uuid::Uuid, uuid::Uuid))> = Vec::new();
+    for (position, &(id, org)) in candidates.iter().enumerate() {
+        let k = seen.entry(org).or_insert(0);
+        *k += 1;
+        let load = running.get(&org).copied().unwrap_or(0) + *k;
+        if load <= max_per_org {
+            ranked.push((load, position, (id, org)));
+        }
+    }
+    ranked.sort();
+    ranked.into_iter().take(want).map(|(_, _, c)| c).collect()
+}
 
 macro_rules! ops_store_impl {
     ($store:ty, $db:ty, $row:ty) => {
@@ -64,6 +93,9 @@ macro_rules! ops_store_impl {
                     progress_processed: row.try_get("progress_processed")?,
                     progress_total: row.try_get("progress_total")?,
                     progress_cursor: row.try_get("progress_cursor")?,
+                    failures: row.try_get("failures")?,
+                    undo_reason: row.try_get("undo_reason")?,
+                    undo_message: row.try_get("undo_message")?,
                     depends_on: Vec::new(),
                 })
             }
@@ -120,6 +152,93 @@ macro_rules! ops_store_impl {
                     sqlx::query(Self::DIALECT.notify_queue).execute(&mut **tx).await?;
                 }
                 Ok(())
+            }
+
+            /// The database's clock (PostgreSQL), or this process's once the write lock
+            /// is held (SQLite, whose `BEGIN IMMEDIATE` waited for it already).
+            async fn db_now(tx: &mut sqlx::Transaction<'_, $db>) -> $crate::store::StoreResult<chrono::DateTime<chrono::Utc>> {
+                if Self::DIALECT.clock.is_empty() {
+                    return Ok($crate::domain::now());
+                }
+                let (now,): (chrono::DateTime<chrono::Utc>,) = sqlx::query_as(Self::DIALECT.clock).fetch_one(&mut **tx).await?;
+                Ok(now)
+            }
+
+            /// Locks the organization's audit head unless another transaction holds it
+            /// (a claim writes `operation.start` entries and must not wait); true when
+            /// the head is ours or does not exist yet.
+            async fn audit_head_free(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<bool> {
+                let sql = format!("SELECT seq FROM audit_heads WHERE organization_id = $1{}", Self::DIALECT.skip_locked);
+                if sqlx::query(&sql).bind(org).fetch_optional(&mut **tx).await?.is_some() {
+                    return Ok(true);
+                }
+                let exists = sqlx::query("SELECT seq FROM audit_heads WHERE organization_id = $1")
+                    .bind(org)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                Ok(exists.is_none())
+            }
+
+            /// Cancels the operations waiting on `roots` (which failed, were cancelled or
+            /// rolled back), then those waiting on them, and so on, each with its audit
+            /// entry, in the caller's transaction. Returns how many were cancelled.
+            async fn cancel_dependants_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                roots: Vec<uuid::Uuid>,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<u64> {
+                let mut cancelled = 0;
+                let mut frontier = roots;
+                while !frontier.is_empty() {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT o.id, o.user_id, o.organization_id, p.id, p.status FROM bulk_operations o \
+                         JOIN operation_dependencies d ON d.operation_id = o.id \
+                         JOIN bulk_operations p ON p.id = d.depends_on_id \
+                         WHERE o.status = 'scheduled' AND o.attempt = 0 \
+                         AND p.status IN ('failed', 'cancelled', 'rolled_back') AND d.depends_on_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for id in &frontier {
+                        list.push_bind(*id);
+                    }
+                    qb.push(") ORDER BY o.id");
+                    let orphans: Vec<(uuid::Uuid, uuid::Uuid, uuid::Uuid, uuid::Uuid, String)> =
+                        qb.build_query_as().fetch_all(&mut **tx).await?;
+                    let mut next = Vec::new();
+                    for (id, user, org, dep, dep_status) in orphans {
+                        let message = format!("cancelled because the operation it depends on ({dep}) is {dep_status}");
+                        let done = sqlx::query(
+                            "UPDATE bulk_operations SET status = 'cancelled', error_message = $2, completed_at = $3, \
+                             updated_at = $3 WHERE id = $1 AND status = 'scheduled' AND attempt = 0",
+                        )
+                        .bind(id)
+                        .bind(&message)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
+                        if done.rows_affected() == 1 {
+                            Self::append_audit_tx(tx, $crate::store::NewAuditEntry {
+                                organization_id: org,
+                                user_id: Some(user),
+                                action: "operation.cancel".into(),
+                                resource_type: "bulk_operation".into(),
+                                resource_id: Some(id.to_string()),
+                                operation_id: Some(id),
+                                client_addr: None,
+                                outcome: "success".into(),
+                                details: serde_json::json!({"reason": message, "depends_on": dep}).to_string(),
+                            })
+                            .await?;
+                            cancelled += 1;
+                            next.push(id);
+                        }
+                    }
+                    frontier = next;
+                }
+                Ok(cancelled)
             }
 
             fn push_scan(qb: &mut sqlx::QueryBuilder<'_, $db>, scan: &$crate::store::ops::PatientScan<'_>) {
@@ -277,7 +396,7 @@ macro_rules! ops_store_impl {
                 id: uuid::Uuid,
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
-            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
+            ) -> $crate::store::StoreResult<Option<($crate::domain::operation::Operation, bool)>> {
                 let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let scheduled = sqlx::query(
                     "UPDATE bulk_operations SET status = 'cancelled', completed_at = $3, updated_at = $3, \
@@ -289,10 +408,13 @@ macro_rules! ops_store_impl {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                // A started rollback is never stopped half-way (a mix of old and new
+                // values), and an operation already undoing itself ends as it is undone:
+                // both conditions are part of the statement, not read before it.
                 let running = sqlx::query(
                     "UPDATE bulk_operations SET cancel_requested = TRUE, updated_at = $3, \
                      next_attempt_at = CASE WHEN status = 'scheduled' THEN $3 ELSE next_attempt_at END \
-                     WHERE id = $1 AND organization_id = $2 \
+                     WHERE id = $1 AND organization_id = $2 AND type <> 'rollback' AND undo_reason IS NULL \
                      AND (status = 'processing' OR (status = 'scheduled' AND attempt > 0))",
                 )
                 .bind(id)
@@ -300,64 +422,136 @@ macro_rules! ops_store_impl {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                if scheduled.rows_affected() + running.rows_affected() > 0 {
+                let accepted = scheduled.rows_affected() + running.rows_affected() > 0;
+                if accepted {
                     Self::append_audit_tx(&mut tx, audit).await?;
                 }
+                if scheduled.rows_affected() > 0 {
+                    Self::cancel_dependants_tx(&mut tx, vec![id], now).await?;
+                }
+                Self::notify_engines(&mut tx).await?;
                 tx.commit().await?;
-                self.get_operation(org, id).await
+                Ok(self.get_operation(org, id).await?.map(|op| (op, accepted)))
             }
 
-            async fn mark_rolled_back(&self, org: uuid::Uuid, id: uuid::Uuid) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "UPDATE bulk_operations SET status = 'rolled_back' WHERE id = $1 AND organization_id = $2 \
-                     AND status = 'completed'",
-                )
-                .bind(id)
-                .bind(org)
-                .execute(self.writer())
-                .await?;
-                Ok(())
-            }
-
-            async fn claim_next(
+            async fn claim_due(
                 &self,
                 worker: &str,
-                now: chrono::DateTime<chrono::Utc>,
-                lease_until: chrono::DateTime<chrono::Utc>,
+                lease: std::time::Duration,
                 max_per_org: i64,
-            ) -> $crate::store::StoreResult<Option<$crate::domain::operation::Operation>> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
-                if !Self::DIALECT.claim_lock.is_empty() {
-                    sqlx::query(Self::DIALECT.claim_lock).execute(&mut *tx).await?;
+                want: usize,
+            ) -> $crate::store::StoreResult<$crate::store::ops::Claimed> {
+                use $crate::store::ops::Claimed;
+                let mut claimed = Claimed::default();
+                if want == 0 {
+                    return Ok(claimed);
                 }
-                let candidate: Option<(uuid::Uuid,)> = sqlx::query_as($crate::store::ops_sql::CLAIM_CANDIDATE)
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let now = Self::db_now(&mut tx).await?;
+                let lease_until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+                let candidates: Vec<(uuid::Uuid, uuid::Uuid)> = sqlx::query_as($crate::store::ops_sql::CLAIM_CANDIDATES)
                     .bind(now)
-                    .bind(max_per_org)
-                    .fetch_optional(&mut *tx)
+                    .bind($crate::store::ops_sql::CLAIM_WINDOW)
+                    .fetch_all(&mut *tx)
                     .await?;
-                let Some((id,)) = candidate else {
+                if candidates.is_empty() {
                     tx.commit().await?;
-                    return Ok(None);
-                };
-                let sql = format!(
-                    "UPDATE bulk_operations SET status = 'processing', attempt = attempt + 1, lease_owner = $2, \
-                     lease_expires_at = $3, started_at = COALESCE(started_at, $4), next_attempt_at = NULL, \
-                     updated_at = $4 WHERE id = $1 \
-                     AND (status = 'scheduled' OR (status = 'processing' AND lease_expires_at < $4)) \
-                     RETURNING {}",
-                    $crate::store::ops_sql::OPERATION_COLUMNS
-                );
-                // The status is checked again: a cancel or a finish may have committed
-                // since the candidate was read (the claim lock orders only claimers).
-                let row = sqlx::query(&sql)
-                    .bind(id)
-                    .bind(worker)
-                    .bind(lease_until)
+                    return Ok(claimed);
+                }
+                let running: std::collections::HashMap<uuid::Uuid, i64> = sqlx::query_as($crate::store::ops_sql::RUNNING_BY_ORG)
                     .bind(now)
-                    .fetch_optional(&mut *tx)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
+                let picked = $crate::store::ops_sql::fair_pick(&candidates, &running, max_per_org, want);
+                // Lock each organization without waiting, then count its running
+                // operations again: another process may have claimed for it since the
+                // count above (its claim committed before we got the lock).
+                let mut orgs: Vec<uuid::Uuid> = picked.iter().map(|(_, org)| *org).collect();
+                orgs.sort();
+                orgs.dedup();
+                let mut room: std::collections::HashMap<uuid::Uuid, i64> = std::collections::HashMap::new();
+                for org in orgs {
+                    if !Self::DIALECT.org_claim_lock.is_empty() {
+                        let (locked,): (bool,) = sqlx::query_as(Self::DIALECT.org_claim_lock)
+                            .bind(org)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        if !locked || !Self::audit_head_free(&mut tx, org).await? {
+                            claimed.contended = true;
+                            continue;
+                        }
+                    }
+                    let (n,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM bulk_operations WHERE organization_id = $1 \
+                         AND status = 'processing' AND lease_expires_at >= $2",
+                    )
+                    .bind(org)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
                     .await?;
+                    room.insert(org, max_per_org - n);
+                }
+                let mut ids = Vec::new();
+                for (id, org) in &picked {
+                    if let Some(left) = room.get_mut(org) {
+                        if *left > 0 {
+                            *left -= 1;
+                            ids.push(*id);
+                        }
+                    }
+                }
+                if ids.is_empty() {
+                    tx.commit().await?;
+                    return Ok(claimed);
+                }
+                // Still due (a cancel or a finish may have committed since the window was
+                // read), and not held by another transaction: a row a paused worker
+                // holds is skipped, never waited for. A takeover of an expired lease
+                // counts as a failed attempt only when that attempt committed nothing.
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE bulk_operations SET \
+                     failures = failures + CASE WHEN status = 'processing' AND NOT attempt_progressed THEN 1 ELSE 0 END, \
+                     status = 'processing', attempt = attempt + 1, attempt_progressed = FALSE, lease_owner = ",
+                );
+                qb.push_bind(worker.to_string())
+                    .push(", lease_expires_at = ")
+                    .push_bind(lease_until)
+                    .push(", started_at = COALESCE(started_at, ")
+                    .push_bind(now)
+                    .push("), next_attempt_at = NULL, updated_at = ")
+                    .push_bind(now)
+                    .push(" WHERE id IN (SELECT id FROM bulk_operations WHERE ((status = 'scheduled' AND scheduled_at <= ")
+                    .push_bind(now)
+                    .push(" AND (next_attempt_at IS NULL OR next_attempt_at <= ")
+                    .push_bind(now)
+                    .push(")) OR (status = 'processing' AND lease_expires_at < ")
+                    .push_bind(now)
+                    .push(")) AND id IN (");
+                let mut list = qb.separated(", ");
+                for id in &ids {
+                    list.push_bind(*id);
+                }
+                qb.push(format!("){}) RETURNING {}", Self::DIALECT.skip_locked, $crate::store::ops_sql::OPERATION_COLUMNS));
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                if rows.len() < ids.len() {
+                    claimed.contended = true;
+                }
+                let ops: Vec<_> = rows.iter().map(Self::operation_from_row).collect::<Result<_, _>>()?;
+                // The start is in the trail exactly when the claim is in the table.
+                for op in &ops {
+                    let entry = $crate::store::NewAuditEntry::for_operation(
+                        op,
+                        "operation.start",
+                        "success",
+                        serde_json::json!({"attempt": op.attempt, "failures": op.failures}),
+                    );
+                    Self::append_audit_tx(&mut tx, entry).await?;
+                }
                 tx.commit().await?;
-                Ok(self.operations_with_deps(row.into_iter().collect()).await?.into_iter().next())
+                claimed.operations = self.operations_with_deps(rows).await?;
+                Ok(claimed)
             }
 
             async fn next_due_at(&self) -> $crate::store::StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
@@ -383,52 +577,41 @@ macro_rules! ops_store_impl {
             async fn cancel_orphaned_dependents(
                 &self,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<Vec<$crate::domain::operation::Operation>> {
-                let orphans: Vec<(uuid::Uuid, uuid::Uuid, String)> = sqlx::query_as(
-                    "SELECT o.id, p.id, p.status FROM bulk_operations o \
-                     JOIN operation_dependencies d ON d.operation_id = o.id \
+            ) -> $crate::store::StoreResult<u64> {
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let roots: Vec<(uuid::Uuid,)> = sqlx::query_as(
+                    "SELECT DISTINCT d.depends_on_id FROM operation_dependencies d \
+                     JOIN bulk_operations o ON o.id = d.operation_id \
                      JOIN bulk_operations p ON p.id = d.depends_on_id \
                      WHERE o.status = 'scheduled' AND o.attempt = 0 \
                      AND p.status IN ('failed', 'cancelled', 'rolled_back')",
                 )
-                .fetch_all(self.reader())
+                .fetch_all(&mut *tx)
                 .await?;
-                let mut cancelled = Vec::new();
-                for (id, dep, dep_status) in orphans {
-                    let message = format!("cancelled because the operation it depends on ({dep}) is {dep_status}");
-                    let done = sqlx::query(
-                        "UPDATE bulk_operations SET status = 'cancelled', error_message = $2, completed_at = $3, \
-                         updated_at = $3 WHERE id = $1 AND status = 'scheduled' AND attempt = 0",
-                    )
-                    .bind(id)
-                    .bind(&message)
-                    .bind(now)
-                    .execute(self.writer())
-                    .await?;
-                    if done.rows_affected() == 1 {
-                        if let Some(op) = self.fetch_operation_where("id = $1", id, None).await? {
-                            cancelled.push(op);
-                        }
-                    }
-                }
-                Ok(cancelled)
+                let n = Self::cancel_dependants_tx(&mut tx, roots.into_iter().map(|(id,)| id).collect(), now).await?;
+                tx.commit().await?;
+                Ok(n)
             }
 
             async fn heartbeat(
                 &self,
                 id: uuid::Uuid,
                 attempt: i64,
-                lease_until: chrono::DateTime<chrono::Utc>,
+                lease: std::time::Duration,
             ) -> $crate::store::StoreResult<bool> {
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let now = Self::db_now(&mut tx).await?;
+                let until = now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
                 let done = sqlx::query(
                     "UPDATE bulk_operations SET lease_expires_at = $3 \
                      WHERE id = $1 AND attempt = $2 AND status = 'processing'",
                 )
                 .bind(id)
                 .bind(attempt)
-                .bind(lease_until)
-                .execute(self.writer())
+                .bind(until)
+                .execute(&mut *tx)
                 .await?;
+                tx.commit().await?;
                 Ok(done.rows_affected() == 1)
             }
 
@@ -444,7 +627,8 @@ macro_rules! ops_store_impl {
                 // takeover waits for this chunk or this chunk finds the lease gone.
                 let fence: Option<(bool,)> = sqlx::query_as(
                     "UPDATE bulk_operations SET progress_processed = $3, progress_total = COALESCE($4, progress_total), \
-                     progress_cursor = $5, updated_at = $6 \
+                     progress_cursor = $5, updated_at = $6, attempt_progressed = TRUE, \
+                     undo_reason = COALESCE($7, undo_reason), undo_message = COALESCE($8, undo_message) \
                      WHERE id = $1 AND attempt = $2 AND status = 'processing' RETURNING cancel_requested",
                 )
                 .bind(op.id)
@@ -453,6 +637,8 @@ macro_rules! ops_store_impl {
                 .bind(chunk.total)
                 .bind(&chunk.cursor)
                 .bind(now)
+                .bind(chunk.undo.as_ref().map(|u| u.reason.clone()))
+                .bind(chunk.undo.as_ref().and_then(|u| u.message.clone()))
                 .fetch_optional(&mut *tx)
                 .await?;
                 let Some((cancel_requested,)) = fence else {
@@ -556,54 +742,178 @@ macro_rules! ops_store_impl {
                     });
                     qb.build().execute(&mut *tx).await?;
                 }
+                for batch in chunk.conflicts.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO operation_conflicts (organization_id, operation_id, patient_id, reason) ",
+                    );
+                    qb.push_values(batch, |mut b, c| {
+                        b.push_bind(op.organization_id)
+                            .push_bind(op.id)
+                            .push_bind(c.patient_id)
+                            .push_bind(c.reason.clone());
+                    });
+                    qb.push(" ON CONFLICT (organization_id, operation_id, patient_id) DO NOTHING");
+                    qb.build().execute(&mut *tx).await?;
+                }
                 tx.commit().await?;
                 Ok(ChunkOutcome::Committed { cancel_requested })
             }
 
-            async fn finish_operation(&self, finish: $crate::store::ops::Finish) -> $crate::store::StoreResult<bool> {
+            async fn finish_operation(
+                &self,
+                finish: $crate::store::ops::Finish,
+            ) -> $crate::store::StoreResult<$crate::store::ops::Finished> {
                 use $crate::domain::operation::Status;
+                use $crate::store::ops::{Ending, Finished};
                 let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 let result = finish.result.as_ref().map(|r| r.to_string());
-                let done = if finish.status == Status::Scheduled {
-                    sqlx::query(
-                        "UPDATE bulk_operations SET status = 'scheduled', next_attempt_at = $3, error_message = $4, \
-                         lease_owner = NULL, lease_expires_at = NULL, updated_at = $5 \
-                         WHERE id = $1 AND attempt = $2 AND status = 'processing'",
-                    )
-                    .bind(finish.operation_id)
-                    .bind(finish.attempt)
-                    .bind(finish.retry_at)
-                    .bind(&finish.error_message)
-                    .bind(finish.completed_at)
-                    .execute(&mut *tx)
-                    .await?
-                } else {
-                    sqlx::query(
-                        "UPDATE bulk_operations SET status = $3, result = $4, error_message = $5, completed_at = $6, \
-                         output_blob = $7, output_expires_at = $8, lease_owner = NULL, lease_expires_at = NULL, \
-                         updated_at = $6 WHERE id = $1 AND attempt = $2 AND status = 'processing'",
-                    )
-                    .bind(finish.operation_id)
-                    .bind(finish.attempt)
-                    .bind(finish.status.as_str())
-                    .bind(result)
-                    .bind(&finish.error_message)
-                    .bind(finish.completed_at)
-                    .bind(&finish.output_blob)
-                    .bind(finish.output_expires_at)
-                    .execute(&mut *tx)
-                    .await?
+                const FENCE: &str = " WHERE id = $1 AND attempt = $2 AND status = 'processing'";
+                let done = match &finish.ending {
+                    Ending::Final(status) => {
+                        // A completion gives way to a cancel that committed first (the
+                        // attempt then undoes and ends cancelled): what the user was told
+                        // when the cancel was accepted stays true. Rollbacks cannot be
+                        // cancelled once started.
+                        let sql = format!(
+                            "UPDATE bulk_operations SET status = $3, result = $4, error_message = $5, completed_at = $6, \
+                             output_blob = $7, output_expires_at = $8, lease_owner = NULL, lease_expires_at = NULL, \
+                             updated_at = $6{FENCE} AND ($3 <> 'completed' OR cancel_requested = FALSE OR type = 'rollback')"
+                        );
+                        sqlx::query(&sql)
+                            .bind(finish.operation_id)
+                            .bind(finish.attempt)
+                            .bind(status.as_str())
+                            .bind(result)
+                            .bind(&finish.error_message)
+                            .bind(finish.completed_at)
+                            .bind(&finish.output_blob)
+                            .bind(finish.output_expires_at)
+                            .execute(&mut *tx)
+                            .await?
+                    }
+                    Ending::Retry { at } => {
+                        sqlx::query(&format!(
+                            "UPDATE bulk_operations SET status = 'scheduled', next_attempt_at = $3, error_message = $4, \
+                             failures = failures + 1, attempt_progressed = TRUE, lease_owner = NULL, \
+                             lease_expires_at = NULL, updated_at = $5{FENCE}"
+                        ))
+                        .bind(finish.operation_id)
+                        .bind(finish.attempt)
+                        .bind(at)
+                        .bind(&finish.error_message)
+                        .bind(finish.completed_at)
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                    Ending::RetryUndo { at, undo } => {
+                        // Stays `processing` (undoing); the expired lease lets any worker
+                        // resume the undo at `at`.
+                        sqlx::query(&format!(
+                            "UPDATE bulk_operations SET lease_owner = NULL, lease_expires_at = $3, error_message = $4, \
+                             undo_reason = $5, undo_message = COALESCE($6, undo_message), attempt_progressed = TRUE, \
+                             updated_at = $7{FENCE}"
+                        ))
+                        .bind(finish.operation_id)
+                        .bind(finish.attempt)
+                        .bind(at)
+                        .bind(&finish.error_message)
+                        .bind(&undo.reason)
+                        .bind(&undo.message)
+                        .bind(finish.completed_at)
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                    Ending::Release => {
+                        // An expired lease is claimable at once; a release is no failure.
+                        sqlx::query(&format!(
+                            "UPDATE bulk_operations SET lease_owner = NULL, lease_expires_at = $3, \
+                             attempt_progressed = TRUE, updated_at = $4{FENCE}"
+                        ))
+                        .bind(finish.operation_id)
+                        .bind(finish.attempt)
+                        .bind(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH)
+                        .bind(finish.completed_at)
+                        .execute(&mut *tx)
+                        .await?
+                    }
                 };
                 if done.rows_affected() != 1 {
-                    return Ok(false);
+                    let row: Option<(i64, String, bool)> = sqlx::query_as(
+                        "SELECT attempt, status, cancel_requested FROM bulk_operations WHERE id = $1",
+                    )
+                    .bind(finish.operation_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    return Ok(match row {
+                        Some((attempt, status, true)) if attempt == finish.attempt && status == "processing" => {
+                            Finished::CancelRequested
+                        }
+                        _ => Finished::LeaseLost,
+                    });
                 }
                 if let Some(audit) = finish.audit {
                     Self::append_audit_tx(&mut tx, audit).await?;
                 }
+                let mut orphaning = Vec::new();
+                if let Ending::Final(status) = finish.ending {
+                    if matches!(status, Status::Failed | Status::Cancelled) {
+                        orphaning.push(finish.operation_id);
+                    }
+                    if let (Status::Completed, Some((target, audit))) = (status, finish.rolled_back) {
+                        let marked = sqlx::query(
+                            "UPDATE bulk_operations SET status = 'rolled_back', updated_at = $2 \
+                             WHERE id = $1 AND status = 'completed'",
+                        )
+                        .bind(target)
+                        .bind(finish.completed_at)
+                        .execute(&mut *tx)
+                        .await?;
+                        if marked.rows_affected() == 1 {
+                            Self::append_audit_tx(&mut tx, audit).await?;
+                            orphaning.push(target);
+                        }
+                    }
+                }
+                if !orphaning.is_empty() {
+                    Self::cancel_dependants_tx(&mut tx, orphaning, finish.completed_at).await?;
+                }
                 // A finished operation frees a slot and may unblock its dependents.
                 Self::notify_engines(&mut tx).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(Finished::Done)
+            }
+
+            async fn conflicts(
+                &self,
+                org: uuid::Uuid,
+                operation_id: uuid::Uuid,
+                after: Option<uuid::Uuid>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ops::Conflict>> {
+                let mut qb = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT patient_id, reason FROM operation_conflicts WHERE organization_id = ",
+                );
+                qb.push_bind(org).push(" AND operation_id = ").push_bind(operation_id);
+                if let Some(after) = after {
+                    qb.push(" AND patient_id > ").push_bind(after);
+                }
+                qb.push(" ORDER BY patient_id LIMIT ").push_bind(limit);
+                let rows: Vec<(uuid::Uuid, String)> = qb.build_query_as().fetch_all(self.reader()).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(patient_id, reason)| $crate::store::ops::Conflict { patient_id, reason })
+                    .collect())
+            }
+
+            async fn count_conflicts(&self, org: uuid::Uuid, operation_id: uuid::Uuid) -> $crate::store::StoreResult<i64> {
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM operation_conflicts WHERE organization_id = $1 AND operation_id = $2",
+                )
+                .bind(org)
+                .bind(operation_id)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(n)
             }
 
             async fn cancel_requested(&self, id: uuid::Uuid) -> $crate::store::StoreResult<bool> {
@@ -797,6 +1107,7 @@ macro_rules! ops_store_impl {
                 for sql in [
                     format!("DELETE FROM operation_dependencies WHERE operation_id IN ({OLD}) OR depends_on_id IN ({OLD})"),
                     format!("DELETE FROM operation_row_errors WHERE operation_id IN ({OLD})"),
+                    format!("DELETE FROM operation_conflicts WHERE operation_id IN ({OLD})"),
                     format!("DELETE FROM operation_backups WHERE operation_id IN ({OLD})"),
                 ] {
                     sqlx::query(&sql).bind(before).execute(&mut *tx).await?;

@@ -21,14 +21,23 @@ pub struct PgStore {
 impl PgStore {
     const DIALECT: Dialect = Dialect {
         for_update: " FOR UPDATE",
-        claim_lock: "SELECT pg_advisory_xact_lock(7171)",
-        analyze_patients: "ANALYZE patients",
+        clock: "SELECT clock_timestamp()",
+        org_claim_lock: "SELECT pg_try_advisory_xact_lock(7171, hashtext(CAST($1 AS TEXT)))",
+        skip_locked: " FOR UPDATE SKIP LOCKED",
+        analyze_patients: "ANALYZE patients (organization_id, unhcr_number, deleted_at)",
         begin_write: "BEGIN",
         notify_queue: "SELECT pg_notify('haven_operations', '')",
     };
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+        // No statement waits long for a lock, and a transaction whose client stopped
+        // mid-way (a paused or frozen process) is ended by the server: otherwise its
+        // row locks would hold up everyone who needs those rows, indefinitely. Haven's
+        // transactions never idle between statements, so neither limit hits healthy work.
+        let options = PgConnectOptions::from_str(url)?.options([
+            ("lock_timeout", "10s"),
+            ("idle_in_transaction_session_timeout", "10s"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))

@@ -12,9 +12,18 @@ pub struct Dialect {
     /// Appended to a SELECT that must lock the rows it reads (empty on SQLite, where
     /// the single writer connection already serializes writers).
     pub for_update: &'static str,
-    /// A statement that serializes claims across processes (empty on SQLite, where
-    /// the one writer connection already does).
-    pub claim_lock: &'static str,
+    /// Reads the database's clock at the moment of the statement (empty on SQLite:
+    /// its write transaction takes the lock at `BEGIN`, so nothing waits after the
+    /// process reads its own clock).
+    pub clock: &'static str,
+    /// Tries, without waiting, to take an organization's claim lock for the rest of the
+    /// transaction (`$1` the organization); true when taken. Claimers of one
+    /// organization are serialized so `--max-per-org` holds across processes; claimers
+    /// of different organizations never wait for each other. Empty on SQLite (one writer).
+    pub org_claim_lock: &'static str,
+    /// Appended to a SELECT that locks the rows it reads but skips rows another
+    /// transaction holds (empty on SQLite).
+    pub skip_locked: &'static str,
     /// Refreshes the planner's statistics of `patients` during bulk writes (empty on
     /// SQLite, whose planner does not need them for these queries).
     pub analyze_patients: &'static str,

@@ -22,7 +22,9 @@ pub struct SqliteStore {
 impl SqliteStore {
     const DIALECT: Dialect = Dialect {
         for_update: "",
-        claim_lock: "",
+        clock: "",
+        org_claim_lock: "",
+        skip_locked: "",
         analyze_patients: "",
         begin_write: "BEGIN IMMEDIATE",
         notify_queue: "",

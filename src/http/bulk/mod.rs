@@ -371,6 +371,9 @@ async fn accept(
         progress_processed: 0,
         progress_total: None,
         progress_cursor: None,
+        failures: 0,
+        undo_reason: None,
+        undo_message: None,
         depends_on: common.depends_on,
     };
     let mut audit = caller.actor().entry(
