@@ -154,6 +154,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         return start_undo(run, cursor, undo::Reason::Failed, Some(message)).await;
     }
     match import_rows(run, params, cursor).await {
+        Err(err) if run.is_undoing() => Err(err),
         Err(err) => match run.final_failure(&err) {
             Some(message) => {
                 let committed: ImportCursor = run.committed_cursor().await;

@@ -255,6 +255,12 @@ impl Run<'_> {
         }
     }
 
+    /// Whether this attempt has begun undoing (an error then retries that undo; it
+    /// must not start another one with a different reason).
+    pub fn is_undoing(&self) -> bool {
+        self.undo_mark().is_some()
+    }
+
     fn undo_mark(&self) -> Option<UndoMark> {
         self.undoing.lock().ok().and_then(|u| u.clone())
     }

@@ -55,6 +55,7 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
         return undo_and_end(run, cursor, state, is_delete, create_backup).await;
     }
     match modify_rows(run, params, cursor).await {
+        Err(err) if run.is_undoing() => Err(err),
         Err(err) => match run.final_failure(&err) {
             Some(message) => {
                 let mut state = UndoCursor::new(undo::Reason::Failed);
