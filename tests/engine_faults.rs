@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Backend, TestApp};
@@ -18,23 +17,8 @@ use haven::engine::Ran;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// A `haven worker` process on the app's database and data directory.
 fn spawn_worker(app: &TestApp, extra: &[&str]) -> tokio::process::Child {
-    tokio::process::Command::new(common::haven_bin())
-        .arg("worker")
-        .args(["--database-url", &app.db.url])
-        .args(extra)
-        .arg("--data-dir")
-        .arg(app.dir.path())
-        .env(
-            "HAVEN_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start haven worker")
+    app.spawn_worker(extra)
 }
 
 /// Sends a signal (`STOP`, `CONT`, `TERM`) to a child process.

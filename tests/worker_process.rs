@@ -3,27 +3,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::TestApp;
 use haven::domain::permission::Role;
 use serde_json::{json, Value};
 
 fn spawn_worker(app: &TestApp) -> tokio::process::Child {
-    tokio::process::Command::new(common::haven_bin())
-        .arg("worker")
-        .args(["--database-url", &app.db.url, "--workers", "2"])
-        .arg("--data-dir")
-        .arg(app.dir.path())
-        .env(
-            "HAVEN_MASTER_KEY",
-            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start haven worker")
+    app.spawn_worker(&["--workers", "2"])
 }
 
 async fn two_worker_processes_run_every_operation_exactly_once(app: TestApp) {

@@ -436,3 +436,24 @@ impl TestApp {
         committed
     }
 }
+
+impl TestApp {
+    /// A `haven worker` process on this app's database and data directory.
+    pub fn spawn_worker(&self, extra: &[&str]) -> tokio::process::Child {
+        tokio::process::Command::new(haven_bin())
+            .arg("worker")
+            .args(["--database-url", &self.db.url])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .env(
+                "HAVEN_MASTER_KEY",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start haven worker")
+    }
+}
