@@ -86,12 +86,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 EngineSettings::from_config(&config),
             ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
+            let notifier = start_notifier(engine.store.clone(), engine.keyring.clone(), &config)?;
+            let delivering = tokio::spawn(notifier.run(stopped.clone()));
             let loop_engine = engine.clone();
             let worker = tokio::spawn(async move { loop_engine.run(stopped).await });
             tracing::info!(workers = engine.settings.workers, "worker started");
             shutdown_signal().await;
             let _ = stop.send(true);
             let _ = worker.await;
+            let _ = delivering.await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -253,11 +256,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let notifier = start_notifier(store.clone(), engine.keyring.clone(), &config)?;
+    let delivering = tokio::spawn(notifier.run(stopped.clone()));
+    let hub = crate::notify::hub::EventHub::new();
+    let feeding = tokio::spawn(hub.clone().run(store.clone(), stopped.clone()));
     let workers = tokio::spawn(engine.clone().run(stopped));
     let app = router(AppState {
         store,
         config,
         engine,
+        hub,
     });
     let served = axum::serve(
         listener,
@@ -268,7 +276,23 @@ pub async fn serve(
     .context("HTTP server failed");
     let _ = stop.send(true);
     let _ = workers.await;
+    let _ = delivering.await;
+    let _ = feeding.await;
     served
+}
+
+/// Builds the notification delivery workers of this process (every process delivers:
+/// deliveries are claimed with a lease, like operations).
+pub fn start_notifier(
+    store: Arc<dyn Store>,
+    keyring: Keyring,
+    config: &Config,
+) -> anyhow::Result<Arc<crate::notify::delivery::Notifier>> {
+    Ok(Arc::new(crate::notify::delivery::Notifier::new(
+        store,
+        keyring,
+        crate::notify::NotifySettings::from_config(config),
+    )?))
 }
 
 async fn shutdown_signal() {

@@ -60,6 +60,40 @@ pub struct Config {
     #[arg(long, env = "HAVEN_SMTP_URL", global = true)]
     pub smtp_url: Option<String>,
 
+    /// Sender address of notification mail.
+    #[arg(
+        long,
+        env = "HAVEN_SMTP_FROM",
+        global = true,
+        default_value = "Haven <haven@localhost>"
+    )]
+    pub smtp_from: String,
+
+    /// HTTP gateway for SMS notifications: receives a JSON POST {"to","text"}.
+    #[arg(long, env = "HAVEN_SMS_GATEWAY_URL", global = true)]
+    pub sms_gateway_url: Option<String>,
+
+    /// Bearer token sent to the SMS gateway.
+    #[arg(long, env = "HAVEN_SMS_GATEWAY_TOKEN", global = true)]
+    pub sms_gateway_token: Option<String>,
+
+    /// First wait before a failed webhook delivery is retried (doubles each time).
+    #[arg(long, env = "HAVEN_WEBHOOK_RETRY_BASE", global = true, default_value = "1s", value_parser = parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// Attempts of one webhook delivery before it is marked failed.
+    #[arg(
+        long,
+        env = "HAVEN_WEBHOOK_MAX_ATTEMPTS",
+        global = true,
+        default_value_t = 12
+    )]
+    pub webhook_max_attempts: i64,
+
+    /// Lets webhooks reach private, loopback and link-local addresses (tests, labs).
+    #[arg(long, env = "HAVEN_ALLOW_PRIVATE_WEBHOOKS", global = true)]
+    pub allow_private_webhooks: bool,
+
     /// Base of links in emails (default: http://<listen>).
     #[arg(long, env = "HAVEN_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,

@@ -12,4 +12,5 @@ pub mod domain;
 pub mod engine;
 pub mod formats;
 pub mod http;
+pub mod notify;
 pub mod store;

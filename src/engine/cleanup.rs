@@ -17,10 +17,14 @@ pub struct CleanupReport {
     pub backups: u64,
     pub deleted_patients: u64,
     pub operations: u64,
+    pub events: u64,
 }
 
 /// Finished operations are kept this long (SPEC 9); audit entries forever.
 const OPERATION_RETENTION_DAYS: i64 = 90;
+/// Operation events (the notification outbox, WebSocket replay) and in-app
+/// notifications are kept this long.
+const EVENT_RETENTION_DAYS: i64 = 30;
 
 impl Engine {
     /// One cleanup pass.
@@ -39,6 +43,10 @@ impl Engine {
         report.operations = self
             .store
             .purge_finished_operations(at - chrono::Duration::days(OPERATION_RETENTION_DAYS))
+            .await?;
+        report.events = self
+            .store
+            .purge_events(at - chrono::Duration::days(EVENT_RETENTION_DAYS))
             .await?;
         if report != CleanupReport::default() {
             tracing::info!(?report, "cleanup removed data past its retention");

@@ -6,8 +6,10 @@ pub mod bulk;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod notifications;
 pub mod operations;
 pub mod patients;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -22,6 +24,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub engine: Arc<crate::engine::Engine>,
+    /// This process's feed of operation events (WebSocket clients).
+    pub hub: crate::notify::hub::EventHub,
 }
 
 /// The whole API.
@@ -33,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::routes())
         .merge(bulk::routes())
         .merge(operations::routes())
+        .merge(notifications::routes())
+        .merge(webhooks::routes())
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
         // its `Allow` header). It applies to the routes present, so it comes last.
@@ -40,6 +46,17 @@ pub fn router(state: AppState) -> Router {
             error::AppError::MethodNotAllowed(method.to_string())
         })
         .with_state(state)
+}
+
+/// The cursor of the next page: the last item's id when the page is full.
+pub fn next_cursor<T>(
+    items: &[T],
+    limit: i64,
+    id: impl Fn(&T) -> uuid::Uuid,
+) -> Option<uuid::Uuid> {
+    (items.len() as i64 == limit)
+        .then(|| items.last().map(id))
+        .flatten()
 }
 
 /// Paging parameters shared by lists: `limit` (1..=200, default 50) and `cursor`.

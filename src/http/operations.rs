@@ -172,9 +172,7 @@ async fn conflicts(
         .store
         .conflicts(caller.org(), op.id, page.after, page.limit)
         .await?;
-    let next_cursor = (rows.len() as i64 == page.limit)
-        .then(|| rows.last().map(|c| c.patient_id))
-        .flatten();
+    let next_cursor = super::next_cursor(&rows, page.limit, |c| c.patient_id);
     Ok(Json(json!({
         "conflicts": rows
             .iter()

@@ -7,6 +7,9 @@ mod sql;
 #[macro_use]
 mod ops_sql;
 pub mod ops;
+#[macro_use]
+mod notify_sql;
+pub mod notify;
 mod postgres;
 mod sqlite;
 
@@ -149,7 +152,7 @@ pub struct Page {
 
 /// The storage interface. Implementations: [`SqliteStore`], [`PgStore`].
 #[async_trait]
-pub trait Store: ops::OpsStore + Send + Sync {
+pub trait Store: ops::OpsStore + notify::NotifyStore + Send + Sync {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> StoreResult<()>;
     /// Checks that the database answers (readiness).

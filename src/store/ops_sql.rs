@@ -232,6 +232,7 @@ macro_rules! ops_store_impl {
                                 details: serde_json::json!({"reason": message, "depends_on": dep}).to_string(),
                             })
                             .await?;
+                            Self::emit_event_tx(tx, id, $crate::notify::EventType::Cancelled, now).await?;
                             cancelled += 1;
                             next.push(id);
                         }
@@ -293,6 +294,7 @@ macro_rules! ops_store_impl {
                         .await?;
                 }
                 Self::append_audit_tx(&mut tx, audit).await?;
+                Self::emit_event_tx(&mut tx, op.id, $crate::notify::EventType::Scheduled, op.created_at).await?;
                 Self::notify_engines(&mut tx).await?;
                 tx.commit().await?;
                 Ok(())
@@ -427,6 +429,7 @@ macro_rules! ops_store_impl {
                     Self::append_audit_tx(&mut tx, audit).await?;
                 }
                 if scheduled.rows_affected() > 0 {
+                    Self::emit_event_tx(&mut tx, id, $crate::notify::EventType::Cancelled, now).await?;
                     Self::cancel_dependants_tx(&mut tx, vec![id], now).await?;
                 }
                 Self::notify_engines(&mut tx).await?;
@@ -548,6 +551,9 @@ macro_rules! ops_store_impl {
                         serde_json::json!({"attempt": op.attempt, "failures": op.failures}),
                     );
                     Self::append_audit_tx(&mut tx, entry).await?;
+                    if op.attempt == 1 {
+                        Self::emit_event_tx(&mut tx, op.id, $crate::notify::EventType::Started, now).await?;
+                    }
                 }
                 tx.commit().await?;
                 claimed.operations = self.operations_with_deps(rows).await?;
@@ -755,6 +761,7 @@ macro_rules! ops_store_impl {
                     qb.push(" ON CONFLICT (organization_id, operation_id, patient_id) DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
                 }
+                Self::emit_progress_tx(&mut tx, op.id, now).await?;
                 tx.commit().await?;
                 Ok(ChunkOutcome::Committed { cancel_requested })
             }
@@ -856,6 +863,9 @@ macro_rules! ops_store_impl {
                 }
                 let mut orphaning = Vec::new();
                 if let Ending::Final(status) = finish.ending {
+                    if let Some(event) = $crate::notify::EventType::for_final_status(status) {
+                        Self::emit_event_tx(&mut tx, finish.operation_id, event, finish.completed_at).await?;
+                    }
                     if matches!(status, Status::Failed | Status::Cancelled) {
                         orphaning.push(finish.operation_id);
                     }
@@ -870,6 +880,8 @@ macro_rules! ops_store_impl {
                         .await?;
                         if marked.rows_affected() == 1 {
                             Self::append_audit_tx(&mut tx, audit).await?;
+                            Self::emit_event_tx(&mut tx, target, $crate::notify::EventType::RolledBack, finish.completed_at)
+                                .await?;
                             orphaning.push(target);
                         }
                     }

@@ -27,6 +27,7 @@ impl PgStore {
         analyze_patients: "ANALYZE patients (organization_id, unhcr_number, deleted_at)",
         begin_write: "BEGIN",
         notify_queue: "SELECT pg_notify('haven_operations', '')",
+        notify_events: "SELECT pg_notify('haven_events', '')",
     };
 
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
@@ -180,8 +181,17 @@ impl PgStore {
     }
 
     async fn watch_queue_impl(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
+        self.watch_channel_impl("haven_operations", on_change).await
+    }
+
+    /// Calls `on_change` for every NOTIFY on `channel` until the connection fails.
+    async fn watch_channel_impl(
+        &self,
+        channel: &str,
+        on_change: &(dyn Fn() + Send + Sync),
+    ) -> StoreResult<()> {
         let mut listener = sqlx::postgres::PgListener::connect(&self.url).await?;
-        listener.listen("haven_operations").await?;
+        listener.listen(channel).await?;
         loop {
             listener.recv().await?;
             on_change();
@@ -191,3 +201,4 @@ impl PgStore {
 
 shared_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow, "postgres");
 ops_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
+notify_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);

@@ -33,6 +33,8 @@ pub struct Dialect {
     pub begin_write: &'static str,
     /// Signals a change of the queue to other processes (PostgreSQL NOTIFY).
     pub notify_queue: &'static str,
+    /// Signals new operation events to other processes' WebSocket hubs.
+    pub notify_events: &'static str,
 }
 
 /// Columns of `patients`, in the order `patient_from_row` and `bind_patient` use.

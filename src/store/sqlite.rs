@@ -28,6 +28,7 @@ impl SqliteStore {
         analyze_patients: "",
         begin_write: "BEGIN IMMEDIATE",
         notify_queue: "",
+        notify_events: "",
     };
 
     /// Opens (creating when missing) the database file named by `sqlite://PATH`.
@@ -150,7 +151,16 @@ impl SqliteStore {
     async fn watch_queue_impl(&self, _on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
         Ok(())
     }
+
+    async fn watch_channel_impl(
+        &self,
+        _channel: &str,
+        _on_change: &(dyn Fn() + Send + Sync),
+    ) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 shared_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite");
 ops_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
+notify_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);

@@ -323,6 +323,27 @@ macro_rules! dual_test {
     };
 }
 
+/// One test per backend for bodies that start their own app (they need something,
+/// such as a port, before it exists): `dual_backend_test!(name, |backend| ...)`.
+#[macro_export]
+macro_rules! dual_backend_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)(common::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)(common::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 /// A sample file of `tests/samples` (a copy of the shared samples, kept in the repository).
 pub fn sample(name: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
