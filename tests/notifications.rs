@@ -680,3 +680,96 @@ async fn a_websocket_client_sees_operations_run_by_another_process() {
         .any(|f| f["event_type"] == "operation.started"));
     let _ = worker.kill().await;
 }
+
+/// An HTTP receiver standing in for an SMS gateway: keeps the authorization header and
+/// the JSON body of each request.
+async fn start_sms_gateway() -> (Arc<Mutex<Vec<(String, Value)>>>, String) {
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let state = got.clone();
+    let app = axum::Router::new().route(
+        "/sms",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let state = state.clone();
+            async move {
+                let auth = headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                state
+                    .lock()
+                    .unwrap()
+                    .push((auth, serde_json::from_str(&body).unwrap_or(Value::Null)));
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/sms", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (got, url)
+}
+
+async fn a_failure_is_sent_by_sms_to_a_user_with_a_phone(backend: Backend) {
+    let (got, url) = start_sms_gateway().await;
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            "--workers",
+            "0",
+            "--sms-gateway-url",
+            &url,
+            "--sms-gateway-token",
+            "gw-token",
+        ],
+    )
+    .await;
+    let (_, token) = organization(&app, "Kakuma Clinic").await;
+    let bad = app
+        .put_json(
+            &token,
+            "/api/v2/notifications/preferences",
+            &json!({"phone_number": "0700"}),
+        )
+        .await;
+    assert_eq!(bad.status(), 422, "not E.164");
+    let ok = app
+        .put_json(
+            &token,
+            "/api/v2/notifications/preferences",
+            &json!({"phone_number": "+254700000001"}),
+        )
+        .await;
+    assert_eq!(ok.status(), 200);
+    let mut file = csv(5);
+    file.push_str("BAD-1,Given,Family,not-a-gender\n");
+    let response = app
+        .schedule_import(&token, &file, json!({"on_error": "abort"}))
+        .await;
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    run_all(&app).await;
+    assert_eq!(app.wait_until_done(&token, &id).await["status"], "failed");
+    for _ in 0..100 {
+        if !got.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sent = got.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one SMS, for the failure only: {sent:?}");
+    assert_eq!(sent[0].0, "Bearer gw-token");
+    assert_eq!(sent[0].1["to"], "+254700000001");
+    let text = sent[0].1["text"].as_str().unwrap();
+    assert!(text.contains(&id) && text.contains("failed"), "{text}");
+    assert!(!text.contains(SECRET_NAME));
+}
+
+dual_backend_test!(
+    a_failure_is_sent_by_sms_to_a_user_with_a_phone,
+    a_failure_is_sent_by_sms_to_a_user_with_a_phone
+);
