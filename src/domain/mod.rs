@@ -5,6 +5,7 @@ pub mod filters;
 pub mod operation;
 pub mod patient;
 pub mod permission;
+pub mod schedule;
 
 use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 use serde::Serialize;
