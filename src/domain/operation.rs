@@ -108,7 +108,63 @@ pub struct Operation {
     pub depends_on: Vec<Uuid>,
 }
 
+/// What a new operation is made of; the rest starts empty (see `Operation::scheduled`).
+#[derive(Debug, Clone)]
+pub struct NewOperation {
+    pub id: Uuid,
+    pub op_type: OperationType,
+    pub user_id: Uuid,
+    pub organization_id: Uuid,
+    pub scheduled_at: DateTime<Utc>,
+    /// Sealed with the master key (`engine::parameters_aad(id)`).
+    pub parameters: Vec<u8>,
+    pub parameters_key_id: String,
+    pub timezone: String,
+    pub email_notification: bool,
+    pub dry_run: bool,
+    pub schedule_id: Option<Uuid>,
+    pub target_operation_id: Option<Uuid>,
+    pub idempotency_key: Option<String>,
+    pub depends_on: Vec<Uuid>,
+}
+
 impl Operation {
+    /// A new operation, `scheduled`, created at `created_at`.
+    pub fn scheduled(new: NewOperation, created_at: DateTime<Utc>) -> Operation {
+        Operation {
+            id: new.id,
+            op_type: new.op_type,
+            status: Status::Scheduled,
+            user_id: new.user_id,
+            organization_id: new.organization_id,
+            scheduled_at: new.scheduled_at,
+            started_at: None,
+            completed_at: None,
+            created_at,
+            parameters: new.parameters,
+            parameters_key_id: new.parameters_key_id,
+            result: None,
+            error_message: None,
+            timezone: new.timezone,
+            email_notification: new.email_notification,
+            dry_run: new.dry_run,
+            schedule_id: new.schedule_id,
+            target_operation_id: new.target_operation_id,
+            idempotency_key: new.idempotency_key,
+            attempt: 0,
+            lease_expires_at: None,
+            next_attempt_at: None,
+            cancel_requested: false,
+            progress_processed: 0,
+            progress_total: None,
+            progress_cursor: None,
+            failures: 0,
+            undo_reason: None,
+            undo_message: None,
+            depends_on: new.depends_on,
+        }
+    }
+
     /// Whether the operation is undoing its own partial changes right now (it stays
     /// `processing` meanwhile; SPEC 4.1 has no status of its own for it).
     pub fn undoing(&self) -> bool {

@@ -40,6 +40,18 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// The permission needed to schedule an operation of this type.
+    pub fn to_schedule(op_type: super::operation::OperationType) -> Permission {
+        use super::operation::OperationType;
+        match op_type {
+            OperationType::Import => Permission::BulkImport,
+            OperationType::Export => Permission::BulkExport,
+            OperationType::Update => Permission::BulkUpdate,
+            OperationType::Delete => Permission::BulkDelete,
+            OperationType::Rollback => Permission::BulkRollback,
+        }
+    }
+
     pub const ALL: [Permission; 11] = [
         Permission::PatientsRead,
         Permission::PatientsWrite,

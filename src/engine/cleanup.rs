@@ -93,15 +93,35 @@ impl Engine {
         self: std::sync::Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        // One run per `--cleanup-interval` among all processes: whichever claims the
+        // internal job runs it; the others find it claimed.
         loop {
-            if let Err(e) = self.cleanup_once().await {
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    "cleanup failed; trying again next time"
-                );
+            let at = now();
+            let next = at
+                + chrono::Duration::from_std(self.settings.cleanup_interval)
+                    .unwrap_or(chrono::Duration::days(1));
+            match self
+                .store
+                .claim_internal_job("cleanup", &self.worker_id, at, next)
+                .await
+            {
+                Ok(true) => {
+                    if let Err(e) = self.cleanup_once().await {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "cleanup failed; trying again next time"
+                        );
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "claiming the cleanup failed"),
             }
+            let wait = self
+                .settings
+                .cleanup_interval
+                .min(std::time::Duration::from_secs(60));
             tokio::select! {
-                _ = tokio::time::sleep(self.settings.cleanup_interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -9,6 +9,7 @@ mod cleanup;
 mod export;
 mod import;
 mod modify;
+pub mod recurring;
 pub mod undo;
 
 pub use cleanup::CleanupReport;
@@ -399,6 +400,7 @@ impl Engine {
     /// their operations at their next chunk (see `Run::try_commit`).
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(self.clone().run_cleanup(shutdown.clone()));
+        tokio::spawn(self.clone().run_schedules(shutdown.clone()));
         if self.settings.workers == 0 {
             return;
         }

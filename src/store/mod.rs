@@ -10,7 +10,10 @@ pub mod ops;
 #[macro_use]
 mod notify_sql;
 pub mod notify;
+#[macro_use]
+mod schedules_sql;
 mod postgres;
+pub mod schedules;
 mod sqlite;
 
 use std::sync::Arc;
@@ -152,7 +155,9 @@ pub struct Page {
 
 /// The storage interface. Implementations: [`SqliteStore`], [`PgStore`].
 #[async_trait]
-pub trait Store: ops::OpsStore + notify::NotifyStore + Send + Sync {
+pub trait Store:
+    ops::OpsStore + notify::NotifyStore + schedules::ScheduleStore + Send + Sync
+{
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> StoreResult<()>;
     /// Checks that the database answers (readiness).

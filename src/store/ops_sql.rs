@@ -154,6 +154,50 @@ macro_rules! ops_store_impl {
                 Ok(())
             }
 
+            /// Inserts a scheduled operation, its dependencies, its audit entry and its
+            /// `operation.scheduled` event in the caller's transaction.
+            async fn insert_operation_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                op: &$crate::domain::operation::Operation,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO bulk_operations (id, type, status, user_id, organization_id, scheduled_at, \
+                     created_at, parameters, parameters_key_id, timezone, email_notification, dry_run, \
+                     schedule_id, target_operation_id, idempotency_key, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $7)",
+                )
+                .bind(op.id)
+                .bind(op.op_type.as_str())
+                .bind(op.status.as_str())
+                .bind(op.user_id)
+                .bind(op.organization_id)
+                .bind(op.scheduled_at)
+                .bind(op.created_at)
+                .bind(&op.parameters)
+                .bind(&op.parameters_key_id)
+                .bind(&op.timezone)
+                .bind(op.email_notification)
+                .bind(op.dry_run)
+                .bind(op.schedule_id)
+                .bind(op.target_operation_id)
+                .bind(&op.idempotency_key)
+                .execute(&mut **tx)
+                .await
+                .map_err($crate::store::sql::classify)?;
+                for dep in &op.depends_on {
+                    sqlx::query("INSERT INTO operation_dependencies (operation_id, depends_on_id) VALUES ($1, $2)")
+                        .bind(op.id)
+                        .bind(dep)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Self::append_audit_tx(tx, audit).await?;
+                Self::emit_event_tx(tx, op.id, $crate::notify::EventType::Scheduled, op.created_at).await?;
+                Self::notify_engines(tx).await?;
+                Ok(())
+            }
+
             /// The database's clock (PostgreSQL), or this process's once the write lock
             /// is held (SQLite, whose `BEGIN IMMEDIATE` waited for it already).
             async fn db_now(tx: &mut sqlx::Transaction<'_, $db>) -> $crate::store::StoreResult<chrono::DateTime<chrono::Utc>> {
@@ -262,40 +306,7 @@ macro_rules! ops_store_impl {
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
-                sqlx::query(
-                    "INSERT INTO bulk_operations (id, type, status, user_id, organization_id, scheduled_at, \
-                     created_at, parameters, parameters_key_id, timezone, email_notification, dry_run, \
-                     schedule_id, target_operation_id, idempotency_key, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $7)",
-                )
-                .bind(op.id)
-                .bind(op.op_type.as_str())
-                .bind(op.status.as_str())
-                .bind(op.user_id)
-                .bind(op.organization_id)
-                .bind(op.scheduled_at)
-                .bind(op.created_at)
-                .bind(&op.parameters)
-                .bind(&op.parameters_key_id)
-                .bind(&op.timezone)
-                .bind(op.email_notification)
-                .bind(op.dry_run)
-                .bind(op.schedule_id)
-                .bind(op.target_operation_id)
-                .bind(&op.idempotency_key)
-                .execute(&mut *tx)
-                .await
-                .map_err($crate::store::sql::classify)?;
-                for dep in &op.depends_on {
-                    sqlx::query("INSERT INTO operation_dependencies (operation_id, depends_on_id) VALUES ($1, $2)")
-                        .bind(op.id)
-                        .bind(dep)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                Self::append_audit_tx(&mut tx, audit).await?;
-                Self::emit_event_tx(&mut tx, op.id, $crate::notify::EventType::Scheduled, op.created_at).await?;
-                Self::notify_engines(&mut tx).await?;
+                Self::insert_operation_tx(&mut tx, op, audit).await?;
                 tx.commit().await?;
                 Ok(())
             }

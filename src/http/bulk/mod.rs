@@ -24,7 +24,7 @@ use super::error::{AppError, AppResult};
 use super::extract::{perm, AuthUser, JsonBody, Require};
 use super::AppState;
 use crate::domain::filters::PatientFilters;
-use crate::domain::operation::{Operation, OperationType, Parameters, Status, Targets};
+use crate::domain::operation::{NewOperation, Operation, OperationType, Parameters, Targets};
 use crate::domain::patient::{DateFormat, PatientFields, RawValue, SYSTEM_FIELDS};
 use crate::domain::{new_id, now, FieldError};
 use crate::formats::export::{check_fields, ExportFormat, DEFAULT_EXPORT_FIELDS};
@@ -337,45 +337,31 @@ async fn accept(
         &serde_json::to_vec(&params).map_err(|e| AppError::Internal(e.into()))?,
         &crate::engine::parameters_aad(id),
     );
-    let at = now();
-    let op = Operation {
-        id,
-        op_type,
-        status: Status::Scheduled,
-        user_id: caller.user.id,
-        organization_id: caller.org(),
-        scheduled_at: common.scheduled_at,
-        started_at: None,
-        completed_at: None,
-        created_at: at,
-        parameters: sealed,
-        parameters_key_id: state.engine.keyring.active_key_id(),
-        result: None,
-        error_message: None,
-        timezone: common.timezone,
-        email_notification: common.email_notification,
-        dry_run: common.dry_run,
-        schedule_id: None,
-        target_operation_id: match &params {
-            Parameters::Rollback {
-                target_operation_id,
-                ..
-            } => Some(*target_operation_id),
-            _ => None,
+    let op = Operation::scheduled(
+        NewOperation {
+            id,
+            op_type,
+            user_id: caller.user.id,
+            organization_id: caller.org(),
+            scheduled_at: common.scheduled_at,
+            parameters: sealed,
+            parameters_key_id: state.engine.keyring.active_key_id(),
+            timezone: common.timezone,
+            email_notification: common.email_notification,
+            dry_run: common.dry_run,
+            schedule_id: None,
+            target_operation_id: match &params {
+                Parameters::Rollback {
+                    target_operation_id,
+                    ..
+                } => Some(*target_operation_id),
+                _ => None,
+            },
+            idempotency_key: idempotency_key(headers),
+            depends_on: common.depends_on,
         },
-        idempotency_key: idempotency_key(headers),
-        attempt: 0,
-        lease_expires_at: None,
-        next_attempt_at: None,
-        cancel_requested: false,
-        progress_processed: 0,
-        progress_total: None,
-        progress_cursor: None,
-        failures: 0,
-        undo_reason: None,
-        undo_message: None,
-        depends_on: common.depends_on,
-    };
+        now(),
+    );
     let mut audit = caller.actor().entry(
         "operation.schedule",
         "bulk_operation",
@@ -489,22 +475,14 @@ fn fail_if(errors: Vec<FieldError>) -> AppResult<()> {
     }
 }
 
-async fn schedule_export(
-    State(state): State<AppState>,
-    Require(caller, ..): Require<perm::BulkExport>,
-    headers: HeaderMap,
-    JsonBody(body): JsonBody<Map<String, Value>>,
-) -> AppResult<Response> {
-    if let Some(replay) = preflight(&state, &caller, &headers).await? {
-        return Ok(replay);
-    }
-    let mut errors = Vec::new();
-    reject_unknown(
-        &body,
-        &["format", "fields", "filters", "include_deleted"],
-        &mut errors,
-    );
-    let common = parse_common(&body, &mut errors);
+/// The options of an export (besides the common ones).
+pub(crate) const EXPORT_OPTIONS: &[&str] = &["format", "fields", "filters", "include_deleted"];
+
+/// An export's parameters from its options; what is wrong goes to `errors`.
+pub(crate) fn export_parameters(
+    body: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Parameters> {
     let format = match body.get("format") {
         None | Some(Value::Null) => ExportFormat::Csv,
         Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
@@ -540,15 +518,97 @@ async fn schedule_export(
             PatientFilters::default()
         }),
     };
-    let include_deleted = bool_option(&body, "include_deleted", false, &mut errors);
-    fail_if(errors)?;
-    let params = Parameters::Export {
+    let include_deleted = bool_option(body, "include_deleted", false, errors);
+    errors.is_empty().then_some(Parameters::Export {
         format,
         fields,
         filters,
         include_deleted,
+    })
+}
+
+async fn schedule_export(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkExport>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<Map<String, Value>>,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(&state, &caller, &headers).await? {
+        return Ok(replay);
+    }
+    let mut errors = Vec::new();
+    reject_unknown(&body, EXPORT_OPTIONS, &mut errors);
+    let common = parse_common(&body, &mut errors);
+    let params = export_parameters(&body, &mut errors);
+    fail_if(errors)?;
+    let Some(params) = params else {
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "export options accepted without parameters"
+        )));
     };
     accept(&state, &caller, &headers, common, params, new_id()).await
+}
+
+/// The options of an update (besides the common ones).
+pub(crate) const UPDATE_OPTIONS: &[&str] = &[
+    "patient_ids",
+    "filters",
+    "changes",
+    "field",
+    "value",
+    "create_backup",
+    "confirm",
+];
+
+/// An update's parameters from its options; what is wrong goes to `errors`.
+pub(crate) fn update_parameters(
+    body: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Parameters> {
+    let targets = parse_targets(body, errors);
+    let changes = parse_changes(body, errors);
+    let single_patient = matches!(&targets, Some(Targets::PatientIds(ids)) if ids.len() == 1);
+    if changes.contains_key("unhcr_number") && !single_patient {
+        errors.push(FieldError::new(
+            "changes.unhcr_number",
+            "duplicate",
+            "is unique per patient: change it for one patient at a time (patient_ids with one id)",
+        ));
+    }
+    let create_backup = bool_option(body, "create_backup", true, errors);
+    if !create_backup && !bool_option(body, "confirm", false, errors) {
+        errors.push(FieldError::new(
+            "confirm",
+            "required",
+            "must be true to update without a backup: such an update cannot be rolled back",
+        ));
+    }
+    let targets = targets.filter(|_| errors.is_empty())?;
+    Some(Parameters::Update {
+        targets,
+        changes,
+        create_backup,
+    })
+}
+
+/// The options of a delete (besides the common ones).
+pub(crate) const DELETE_OPTIONS: &[&str] = &["patient_ids", "filters", "confirm"];
+
+/// A delete's parameters from its options; what is wrong goes to `errors`.
+pub(crate) fn delete_parameters(
+    body: &Map<String, Value>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Parameters> {
+    let targets = parse_targets(body, errors);
+    if !bool_option(body, "confirm", false, errors) {
+        errors.push(FieldError::new(
+            "confirm",
+            "required",
+            "must be true to delete patients",
+        ));
+    }
+    let targets = targets.filter(|_| errors.is_empty())?;
+    Some(Parameters::Delete { targets })
 }
 
 async fn schedule_update(
@@ -561,46 +621,12 @@ async fn schedule_update(
         return Ok(replay);
     }
     let mut errors = Vec::new();
-    reject_unknown(
-        &body,
-        &[
-            "patient_ids",
-            "filters",
-            "changes",
-            "field",
-            "value",
-            "create_backup",
-            "confirm",
-        ],
-        &mut errors,
-    );
+    reject_unknown(&body, UPDATE_OPTIONS, &mut errors);
     let common = parse_common(&body, &mut errors);
-    let targets = parse_targets(&body, &mut errors);
-    let changes = parse_changes(&body, &mut errors);
-    let single_patient = matches!(&targets, Some(Targets::PatientIds(ids)) if ids.len() == 1);
-    if changes.contains_key("unhcr_number") && !single_patient {
-        errors.push(FieldError::new(
-            "changes.unhcr_number",
-            "duplicate",
-            "is unique per patient: change it for one patient at a time (patient_ids with one id)",
-        ));
-    }
-    let create_backup = bool_option(&body, "create_backup", true, &mut errors);
-    if !create_backup && !bool_option(&body, "confirm", false, &mut errors) {
-        errors.push(FieldError::new(
-            "confirm",
-            "required",
-            "must be true to update without a backup: such an update cannot be rolled back",
-        ));
-    }
-    // Without targets, `parse_targets` has said why in `errors`.
-    let Some(targets) = targets.filter(|_| errors.is_empty()) else {
+    let params = update_parameters(&body, &mut errors);
+    // Without parameters, `update_parameters` has said why in `errors`.
+    let Some(params) = params.filter(|_| errors.is_empty()) else {
         return Err(AppError::invalid(errors));
-    };
-    let params = Parameters::Update {
-        targets,
-        changes,
-        create_backup,
     };
     accept(&state, &caller, &headers, common, params, new_id()).await
 }
@@ -615,27 +641,12 @@ async fn schedule_delete(
         return Ok(replay);
     }
     let mut errors = Vec::new();
-    reject_unknown(&body, &["patient_ids", "filters", "confirm"], &mut errors);
+    reject_unknown(&body, DELETE_OPTIONS, &mut errors);
     let common = parse_common(&body, &mut errors);
-    let targets = parse_targets(&body, &mut errors);
-    if !bool_option(&body, "confirm", false, &mut errors) {
-        errors.push(FieldError::new(
-            "confirm",
-            "required",
-            "must be true to delete patients",
-        ));
-    }
-    // Without targets, `parse_targets` has said why in `errors`.
-    let Some(targets) = targets.filter(|_| errors.is_empty()) else {
+    let params = delete_parameters(&body, &mut errors);
+    // Without parameters, `delete_parameters` has said why in `errors`.
+    let Some(params) = params.filter(|_| errors.is_empty()) else {
         return Err(AppError::invalid(errors));
     };
-    accept(
-        &state,
-        &caller,
-        &headers,
-        common,
-        Parameters::Delete { targets },
-        new_id(),
-    )
-    .await
+    accept(&state, &caller, &headers, common, params, new_id()).await
 }
