@@ -177,8 +177,8 @@ impl Run {
             .collect()
     }
 
-    /// Kills the processes (each by its own handle) and drops the PostgreSQL database;
-    /// the data dir goes with `self`.
+    /// Kills the processes (each by its own handle), drops the PostgreSQL database and
+    /// removes the data dir.
     async fn cleanup(mut self) -> anyhow::Result<()> {
         for (_, child) in &mut self.children {
             let _ = child.kill().await;
@@ -192,7 +192,17 @@ impl Run {
                 .await
                 .with_context(|| format!("dropping {name}"))?;
         }
-        Ok(())
+        // Dropping a TempDir ignores a failed removal: retry a few times, then say so.
+        let path = self.dir.path().to_path_buf();
+        let mut removed = self.dir.close();
+        for _ in 0..5 {
+            if !path.exists() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            removed = std::fs::remove_dir_all(&path);
+        }
+        removed.with_context(|| format!("removing the data dir {}", path.display()))
     }
 }
 
@@ -214,6 +224,14 @@ impl Poller {
             }
             Backend::Postgres => Poller::Postgres(sqlx::PgConnection::connect(url).await?),
         })
+    }
+
+    /// Closes the connection and waits until it is closed.
+    async fn close(self) {
+        let _ = match self {
+            Poller::Sqlite(c) => c.close().await,
+            Poller::Postgres(c) => c.close().await,
+        };
     }
 
     async fn unfinished(&mut self) -> anyhow::Result<i64> {
@@ -423,21 +441,9 @@ async fn measure(args: &Args, run: &mut Run, load_before: &str) -> anyhow::Resul
 
     // Wait for the end of every operation (or the timeout).
     let mut poller = Poller::open(args.backend, &run.db_url).await?;
-    let give_up = due + chrono::Duration::seconds(args.timeout_secs as i64);
-    let mut timed_out = false;
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if Utc::now() < due {
-            continue;
-        }
-        if poller.unfinished().await? == 0 {
-            break;
-        }
-        if Utc::now() > give_up {
-            timed_out = true;
-            break;
-        }
-    }
+    let timed_out = wait_until_ended(&mut poller, due, args.timeout_secs).await;
+    poller.close().await;
+    let timed_out = timed_out?;
     let load_after = load_average();
 
     // Read the operations back, organization by organization.
@@ -554,13 +560,8 @@ async fn measure(args: &Args, run: &mut Run, load_before: &str) -> anyhow::Resul
     println!("drain (last completed_at - scheduled_at): {}", secs(drain));
     println!("load average before: {load_before}; after: {load_after}");
     for (name, _) in &run.children {
-        let warnings = run.warnings(name);
-        if !warnings.is_empty() {
-            println!(
-                "{name}: {} WARN/ERROR log lines, first: {}",
-                warnings.len(),
-                warnings[0]
-            );
+        for line in run.warnings(name) {
+            println!("{name}: {line}");
         }
     }
     println!(
@@ -574,6 +575,28 @@ async fn measure(args: &Args, run: &mut Run, load_before: &str) -> anyhow::Resul
         if timed_out { " (timeout)" } else { "" }
     );
     Ok(())
+}
+
+/// Waits until no operation is scheduled or running; `Ok(true)` when it gave up
+/// `timeout_secs` after the due time.
+async fn wait_until_ended(
+    poller: &mut Poller,
+    due: DateTime<Utc>,
+    timeout_secs: u64,
+) -> anyhow::Result<bool> {
+    let give_up = due + chrono::Duration::seconds(timeout_secs as i64);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if Utc::now() < due {
+            continue;
+        }
+        if poller.unfinished().await? == 0 {
+            return Ok(false);
+        }
+        if Utc::now() > give_up {
+            return Ok(true);
+        }
+    }
 }
 
 /// Users an organization needs so that none exceeds the per-user scheduling limit.
