@@ -7,6 +7,13 @@
 //! cargo build --release && cargo run --release --example bench -- memory
 //!   (peak memory of a separate `haven serve` process importing and exporting 10,000,
 //!   100,000 and 1,000,000 rows, SQLite)
+//! cargo build --release --bin haven --example bench
+//! target/release/examples/bench lag <sqlite|postgres> <count> <processes>
+//!   (scheduling lag of `count` dry-run exports due together, run by `processes`
+//!   separate `haven` processes; see `bench/lag.rs`)
+
+#[path = "bench/lag.rs"]
+mod lag;
 
 use std::time::{Duration, Instant};
 
@@ -199,6 +206,9 @@ async fn memory_run(rows: usize) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("lag") {
+        return lag::main(&args[2..]).await;
+    }
     if args.get(1).map(String::as_str) == Some("memory") {
         println!("| rows | CSV size | import (multipart upload → completed) | server peak RSS idle | after import | export csv | after export |");
         println!("|---|---|---|---|---|---|---|");
