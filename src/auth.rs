@@ -75,6 +75,66 @@ pub fn random_password() -> String {
         .collect()
 }
 
+/// Bounds the memory and CPU of password hashing: each Argon2 check takes 19 MiB and a
+/// core for a while, so at most `slots` run at once (one per core) and at most `queue`
+/// more requests wait for a slot; beyond that a login answers 503 with `Retry-After`
+/// at once, before it costs anything.
+#[derive(Debug, Clone)]
+pub struct HashingGate {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    queue: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// A request's place in the hashing queue (see [`HashingGate::enter`]).
+pub struct QueuedHash {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HashingGate {
+    /// `slots` hashes at once, `queue` requests waiting beyond them.
+    pub fn new(slots: usize, queue: usize) -> HashingGate {
+        HashingGate {
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
+            queue: std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1) + queue)),
+        }
+    }
+
+    /// One slot per core, and eight waiting requests per core.
+    pub fn for_this_machine() -> HashingGate {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        HashingGate::new(cores, cores * 8)
+    }
+
+    /// A place in the queue, or `ServiceUnavailable` when it is full.
+    pub fn enter(&self) -> Result<QueuedHash, crate::http::error::AppError> {
+        match self.queue.clone().try_acquire_owned() {
+            Ok(place) => Ok(QueuedHash {
+                slots: self.slots.clone(),
+                _place: place,
+            }),
+            Err(_) => Err(crate::http::error::AppError::ServiceUnavailable {
+                message: "too many logins are being checked at once: try again in a moment".into(),
+                retry_after_secs: 1,
+            }),
+        }
+    }
+}
+
+impl QueuedHash {
+    /// Runs a hashing job on a blocking thread once a slot is free.
+    pub async fn hash<T: Send + 'static>(
+        self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::http::error::AppError> {
+        let internal = |e: anyhow::Error| crate::http::error::AppError::Internal(e);
+        let _slot = self.slots.acquire().await.map_err(|e| internal(e.into()))?;
+        tokio::task::spawn_blocking(job)
+            .await
+            .map_err(|e| internal(e.into()))
+    }
+}
+
 /// Passwords people pick first; refused whatever their length.
 const COMMON_PASSWORDS: [&str; 24] = [
     "123456789012",
@@ -139,6 +199,18 @@ mod tests {
         assert!(a.len() >= 43);
         assert_eq!(token_hash(&a).len(), 64);
         assert_ne!(token_hash(&a), a);
+    }
+
+    #[tokio::test]
+    async fn the_hashing_gate_turns_away_requests_beyond_its_queue() {
+        let gate = HashingGate::new(1, 1);
+        let first = gate.enter().expect("a slot");
+        let second = gate.enter().expect("a place in the queue");
+        let refused = gate.enter().err().expect("the queue is full");
+        assert_eq!(refused.status().as_u16(), 503);
+        drop(first);
+        assert!(gate.enter().is_ok(), "a place is free again");
+        assert_eq!(second.hash(|| 7).await.expect("hashed"), 7);
     }
 
     #[test]

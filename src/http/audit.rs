@@ -49,10 +49,13 @@ async fn verify(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::AuditRead>,
 ) -> AppResult<Json<Value>> {
-    let result = crate::audit::verify(state.store.as_ref(), caller.org()).await?;
+    let keys = crate::audit::AuditKeys::from_keyring(&state.engine.keyring);
+    let result = crate::audit::verify(state.store.as_ref(), caller.org(), &keys, None).await?;
     Ok(Json(json!({
         "intact": result.broken.is_none(),
         "entries_checked": result.entries_checked,
+        "unkeyed_entries": result.unkeyed_entries,
+        "head": result.head,
         "broken": result.broken,
     })))
 }

@@ -8,6 +8,7 @@ pub mod extract;
 pub mod health;
 pub mod operations;
 pub mod patients;
+pub mod security;
 
 use std::sync::Arc;
 
@@ -22,6 +23,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub config: Arc<Config>,
     pub engine: Arc<crate::engine::Engine>,
+    /// Bounds concurrent password hashing (logins).
+    pub login_hashing: crate::auth::HashingGate,
 }
 
 /// The whole API.
@@ -39,6 +42,14 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             error::AppError::MethodNotAllowed(method.to_string())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::audit_cross_organization,
+        ))
+        .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_JSON_BODY_BYTES,
+        ))
         .with_state(state)
 }
 

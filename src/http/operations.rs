@@ -17,6 +17,7 @@ use crate::blobs::BlobStore;
 use crate::domain::now;
 use crate::domain::operation::{Operation, OperationType, Status};
 use crate::domain::permission::Permission;
+use crate::formats::export::spreadsheet_safe;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -158,8 +159,15 @@ async fn errors(
         let mut out = csv::Writer::from_writer(Vec::new());
         let write = |out: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
             out.write_record(["row", "column", "code", "message"])?;
+            // Column names come from the uploaded header: neutralised like export cells.
+            let safe = |text: &str| spreadsheet_safe("", text.to_string());
             for e in &rows {
-                out.write_record([e.row.to_string().as_str(), &e.column, &e.code, &e.message])?;
+                out.write_record([
+                    e.row.to_string(),
+                    safe(&e.column),
+                    safe(&e.code),
+                    safe(&e.message),
+                ])?;
             }
             out.flush()?;
             Ok(())

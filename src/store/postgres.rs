@@ -182,3 +182,8 @@ impl PgStore {
 
 shared_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow, "postgres");
 ops_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
+security_store_impl!(
+    PgStore,
+    "postgres",
+    "SELECT pg_advisory_xact_lock(hashtextextended($1, 8008))"
+);

@@ -182,6 +182,7 @@ macro_rules! shared_store_impl {
                     details: row.try_get("details")?,
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
+                    key_id: row.try_get("key_id")?,
                 })
             }
 
@@ -204,11 +205,12 @@ macro_rules! shared_store_impl {
                     Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
                     None => (0, $crate::audit::GENESIS_HASH.to_string()),
                 };
-                let entry = $crate::audit::chain_next(new, seq, &hash);
+                let keys = $crate::audit::installed_keys()?;
+                let entry = $crate::audit::chain_next(new, seq, &hash, &keys)?;
                 sqlx::query(
                     "INSERT INTO audit_events (id, organization_id, seq, occurred_at, user_id, action, \
-                     resource_type, resource_id, operation_id, client_addr, outcome, details, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     resource_type, resource_id, operation_id, client_addr, outcome, details, prev_hash, hash, key_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(entry.id)
                 .bind(entry.organization_id)
@@ -224,6 +226,7 @@ macro_rules! shared_store_impl {
                 .bind(&entry.details)
                 .bind(&entry.prev_hash)
                 .bind(&entry.hash)
+                .bind(&entry.key_id)
                 .execute(&mut **tx)
                 .await?;
                 sqlx::query(
@@ -236,6 +239,27 @@ macro_rules! shared_store_impl {
                 .execute(&mut **tx)
                 .await?;
                 Ok(entry)
+            }
+
+            /// `AND column IN (values)` for a list filter that is present. An empty list
+            /// selects nobody, never the whole organization.
+            fn push_in<'q, T>(qb: &mut sqlx::QueryBuilder<'q, $db>, column: &str, values: Option<&[T]>)
+            where
+                T: Clone + Send + 'q + sqlx::Encode<'q, $db> + sqlx::Type<$db>,
+            {
+                let Some(values) = values else {
+                    return;
+                };
+                if values.is_empty() {
+                    qb.push(" AND 1 = 0");
+                    return;
+                }
+                qb.push(format!(" AND {column} IN ("));
+                let mut list = qb.separated(", ");
+                for value in values {
+                    list.push_bind(value.clone());
+                }
+                qb.push(")");
             }
 
             fn push_filters(
@@ -262,22 +286,8 @@ macro_rules! shared_store_impl {
                 if let Some(t) = filters.updated_since {
                     qb.push(" AND updated_at >= ").push_bind(t);
                 }
-                if !filters.unhcr_numbers.is_empty() {
-                    qb.push(" AND unhcr_number IN (");
-                    let mut list = qb.separated(", ");
-                    for n in &filters.unhcr_numbers {
-                        list.push_bind(n.clone());
-                    }
-                    qb.push(")");
-                }
-                if !filters.patient_ids.is_empty() {
-                    qb.push(" AND id IN (");
-                    let mut list = qb.separated(", ");
-                    for id in &filters.patient_ids {
-                        list.push_bind(*id);
-                    }
-                    qb.push(")");
-                }
+                Self::push_in(qb, "unhcr_number", filters.unhcr_numbers.as_deref());
+                Self::push_in(qb, "id", filters.patient_ids.as_deref());
             }
         }
 
@@ -409,34 +419,6 @@ macro_rules! shared_store_impl {
                     .execute(self.writer())
                     .await?;
                 Ok(())
-            }
-
-            async fn record_login_failure(&self, keys: &[String], at: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
-                for key in keys {
-                    sqlx::query("INSERT INTO login_failures (throttle_key, failed_at) VALUES ($1, $2)")
-                        .bind(key)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn login_failures_since(
-                &self,
-                key: &str,
-                since: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
-                let row: (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
-                    "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE throttle_key = $1 AND failed_at > $2",
-                )
-                .bind(key)
-                .bind(since)
-                .fetch_one(self.reader())
-                .await?;
-                Ok(row)
             }
 
             async fn clear_login_failures(&self, key: &str) -> $crate::store::StoreResult<()> {

@@ -33,6 +33,12 @@ use crate::store::StoreError;
 /// Patients one request may name by id; larger selections use filters.
 const MAX_TARGET_IDS: usize = 10_000;
 
+/// Operations one operation may depend on.
+const MAX_DEPENDENCIES: usize = 100;
+
+/// Fields one export may name (a patient has 28; repeats are refused by `check_fields`).
+const MAX_EXPORT_FIELDS: usize = 100;
+
 /// Scheduling requests one user may make in a minute (SPEC 10).
 const MAX_SCHEDULES_PER_USER_MINUTE: i64 = 60;
 
@@ -144,6 +150,10 @@ fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Comm
     };
     let depends_on = match body.get("depends_on") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_DEPENDENCIES => {
+            errors.push(too_many("depends_on", MAX_DEPENDENCIES));
+            Vec::new()
+        }
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|i| match i.as_str().map(Uuid::parse_str) {
@@ -177,6 +187,11 @@ fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Comm
         depends_on,
         dry_run: bool_option(body, "dry_run", false, errors),
     }
+}
+
+/// A list option with more than `max` items.
+fn too_many(field: &str, max: usize) -> FieldError {
+    FieldError::new(field, "too_many", &format!("at most {max} items"))
 }
 
 fn reject_unknown(body: &Map<String, Value>, allowed: &[&str], errors: &mut Vec<FieldError>) {
@@ -363,7 +378,7 @@ async fn accept(
             } => Some(*target_operation_id),
             _ => None,
         },
-        idempotency_key: idempotency_key(headers),
+        idempotency_key: idempotency_key(headers)?,
         attempt: 0,
         lease_expires_at: None,
         next_attempt_at: None,
@@ -429,12 +444,26 @@ fn created(status: StatusCode, op: &Operation) -> Response {
     (status, [(header::LOCATION, location)], Json(op.to_json())).into_response()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().chars().take(200).collect::<String>())
-        .filter(|s| !s.is_empty())
+/// The longest `Idempotency-Key` accepted. A longer one is refused rather than cut:
+/// two keys that differ only after the cut would otherwise name one operation.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid =
+        |message: &str| AppError::invalid_field("Idempotency-Key", "invalid_value", message);
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("must be visible ASCII text"))?
+        .trim();
+    if text.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
+        return Err(invalid(&format!(
+            "must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )));
+    }
+    Ok(Some(text.to_string()).filter(|s| !s.is_empty()))
 }
 
 /// The earlier operation for a repeated `Idempotency-Key`, and the scheduling limits.
@@ -443,7 +472,7 @@ pub(super) async fn preflight(
     caller: &AuthUser,
     headers: &HeaderMap,
 ) -> AppResult<Option<Response>> {
-    if let Some(key) = idempotency_key(headers) {
+    if let Some(key) = idempotency_key(headers)? {
         if let Some(op) = state
             .store
             .find_by_idempotency_key(caller.user.id, &key)
@@ -518,6 +547,10 @@ async fn schedule_export(
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        Some(Value::Array(items)) if items.len() > MAX_EXPORT_FIELDS => {
+            errors.push(too_many("fields", MAX_EXPORT_FIELDS));
+            Vec::new()
+        }
         Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
             errors.push(FieldError::new(
                 "fields",
