@@ -100,6 +100,10 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = worker.await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Openapi => {
+            println!("{}", crate::http::openapi::document_json());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate => {
             let store = open_store_without_migrating(&config).await?;
             store.migrate().await.context("applying migrations")?;

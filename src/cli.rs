@@ -34,6 +34,8 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the OpenAPI document of the API (what GET /api/v2/openapi.json answers).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,12 +1,13 @@
 //! `POST /api/v2/auth/login`, `POST /api/v2/auth/logout`, `GET /api/v2/auth/me`.
 
 use axum::extract::{ConnectInfo, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{AppError, AppResult};
 use super::extract::{AuthUser, JsonBody};
@@ -17,14 +18,15 @@ use crate::domain::{new_id, now, rfc3339};
 use crate::store::security::{LoginGate, ThrottleKey};
 use crate::store::{TokenRecord, User};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/auth/login", post(login))
-        .route("/api/v2/auth/logout", post(logout))
-        .route("/api/v2/auth/me", get(me))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
-#[derive(Deserialize)]
+/// The body of a login.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct LoginIn {
     email: String,
     password: String,
@@ -44,6 +46,8 @@ pub fn user_json(user: &User) -> Value {
 /// emails are at most 254 characters, and hashing a huge password wastes a hashing slot).
 const MAX_LOGIN_FIELD_CHARS: usize = 1024;
 
+/// Logs in: a bearer token for the user.
+#[utoipa::path(post, path = "/api/v2/auth/login", tag = "auth", request_body(content = LoginIn, content_type = "application/json"), responses((status = 200, description = "OK"), (status = 401, description = "Wrong email or password"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many failed logins"), (status = 503, description = "Too many logins at once")))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -171,6 +175,8 @@ fn login_actor(user: &User, addr: SocketAddr) -> Actor {
     }
 }
 
+/// Revokes the token of the request.
+#[utoipa::path(post, path = "/api/v2/auth/logout", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn logout(State(state): State<AppState>, caller: AuthUser) -> AppResult<Json<Value>> {
     state.store.revoke_token(&caller.token_hash, now()).await?;
     let entry = caller.actor().entry(
@@ -184,6 +190,8 @@ async fn logout(State(state): State<AppState>, caller: AuthUser) -> AppResult<Js
     Ok(Json(json!({"logged_out": true})))
 }
 
+/// The caller and their permissions.
+#[utoipa::path(get, path = "/api/v2/auth/me", tag = "auth", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn me(caller: AuthUser) -> Json<Value> {
     let mut body = user_json(&caller.user);
     body["permissions"] = json!(caller

@@ -6,6 +6,7 @@ pub mod bulk;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod openapi;
 pub mod operations;
 pub mod patients;
 pub mod security;
@@ -29,13 +30,10 @@ pub struct AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    let (api, _) = openapi::api_routes().split_for_parts();
     Router::new()
-        .merge(health::routes())
-        .merge(auth::routes())
-        .merge(patients::routes())
-        .merge(audit::routes())
-        .merge(bulk::routes())
-        .merge(operations::routes())
+        .merge(health::start_page())
+        .merge(api)
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
         // its `Allow` header). It applies to the routes present, so it comes last.

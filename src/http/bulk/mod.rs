@@ -12,14 +12,13 @@ mod rollback;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use self::import::schedule_import;
-use self::rollback::{rollback_delete, rollback_import, rollback_update};
 use super::error::{AppError, AppResult};
 use super::extract::{perm, AuthUser, JsonBody, Require};
 use super::AppState;
@@ -45,18 +44,18 @@ const MAX_SCHEDULES_PER_USER_MINUTE: i64 = 60;
 /// Scheduled operations an organization may have waiting (SPEC 10).
 const MAX_SCHEDULED_PER_ORG: i64 = 1_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v2/bulk/import/schedule",
-            post(schedule_import).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v2/bulk/export/schedule", post(schedule_export))
-        .route("/api/v2/bulk/update/schedule", post(schedule_update))
-        .route("/api/v2/bulk/delete/schedule", post(schedule_delete))
-        .route("/api/v2/bulk/import/rollback/{id}", post(rollback_import))
-        .route("/api/v2/bulk/update/rollback/{id}", post(rollback_update))
-        .route("/api/v2/bulk/delete/rollback/{id}", post(rollback_delete))
+pub fn routes() -> OpenApiRouter<AppState> {
+    // The upload has its own limit (`--max-upload-bytes`), checked while it streams.
+    let (schemas, paths, import) = routes!(import::schedule_import);
+    let import = import.layer(axum::extract::DefaultBodyLimit::disable());
+    OpenApiRouter::new()
+        .routes((schemas, paths, import))
+        .routes(routes!(schedule_export))
+        .routes(routes!(schedule_update))
+        .routes(routes!(schedule_delete))
+        .routes(routes!(rollback::rollback_import))
+        .routes(routes!(rollback::rollback_update))
+        .routes(routes!(rollback::rollback_delete))
 }
 
 /// Options every scheduling request has.
@@ -515,6 +514,8 @@ fn fail_if(errors: Vec<FieldError>) -> AppResult<()> {
     }
 }
 
+/// Schedules an export.
+#[utoipa::path(post, path = "/api/v2/bulk/export/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.export"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_export(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkExport>,
@@ -581,6 +582,8 @@ async fn schedule_export(
     accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
+/// Schedules an update.
+#[utoipa::path(post, path = "/api/v2/bulk/update/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.update"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_update(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkUpdate>,
@@ -635,6 +638,8 @@ async fn schedule_update(
     accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
+/// Schedules a delete.
+#[utoipa::path(post, path = "/api/v2/bulk/delete/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.delete"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_delete(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkDelete>,
