@@ -76,31 +76,65 @@ pub fn random_password() -> String {
 }
 
 /// Bounds the memory and CPU of password hashing: each Argon2 check takes 19 MiB and a
-/// core for a while, so at most `slots` run at once (one per core) and at most `queue`
-/// more requests wait for a slot; beyond that a login answers 503 with `Retry-After`
-/// at once, before it costs anything.
-#[derive(Debug, Clone)]
+/// core for a while, so the checks run on a fixed set of threads, one per core, and at
+/// most `queue` more requests wait for one; beyond that a login answers 503 with
+/// `Retry-After` at once, before it costs anything. Fixed threads also keep the memory
+/// bounded after a burst: the allocator keeps an arena per thread that ever hashed, and
+/// tokio's blocking pool would have grown a thread (and an arena of 19 MiB) per burst.
+#[derive(Clone)]
 pub struct HashingGate {
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
     queue: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for HashingGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingGate")
+            .field("places", &self.queue.available_permits())
+            .finish()
+    }
 }
 
 /// A request's place in the hashing queue (see [`HashingGate::enter`]).
 pub struct QueuedHash {
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
     _place: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl HashingGate {
-    /// `slots` hashes at once, `queue` requests waiting beyond them.
-    pub fn new(slots: usize, queue: usize) -> HashingGate {
+    /// `threads` hashing threads, `queue` requests waiting beyond them. The threads end
+    /// when the last clone of the gate and of its queued requests is gone.
+    pub fn new(threads: usize, queue: usize) -> HashingGate {
+        let threads = threads.max(1);
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<HashJob>(threads + queue);
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+        for n in 0..threads {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("haven-hash-{n}"))
+                .spawn(move || loop {
+                    let next = match receiver.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match next {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
         HashingGate {
-            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
-            queue: std::sync::Arc::new(tokio::sync::Semaphore::new(slots.max(1) + queue)),
+            jobs,
+            queue: std::sync::Arc::new(tokio::sync::Semaphore::new(threads + queue)),
         }
     }
 
-    /// One slot per core, and eight waiting requests per core.
+    /// One thread per core, and eight waiting requests per core.
     pub fn for_this_machine() -> HashingGate {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         HashingGate::new(cores, cores * 8)
@@ -110,7 +144,7 @@ impl HashingGate {
     pub fn enter(&self) -> Result<QueuedHash, crate::http::error::AppError> {
         match self.queue.clone().try_acquire_owned() {
             Ok(place) => Ok(QueuedHash {
-                slots: self.slots.clone(),
+                jobs: self.jobs.clone(),
                 _place: place,
             }),
             Err(_) => Err(crate::http::error::AppError::ServiceUnavailable {
@@ -122,16 +156,24 @@ impl HashingGate {
 }
 
 impl QueuedHash {
-    /// Runs a hashing job on a blocking thread once a slot is free.
+    /// Runs a hashing job on one of the gate's threads and waits for its result.
     pub async fn hash<T: Send + 'static>(
         self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, crate::http::error::AppError> {
-        let internal = |e: anyhow::Error| crate::http::error::AppError::Internal(e);
-        let _slot = self.slots.acquire().await.map_err(|e| internal(e.into()))?;
-        tokio::task::spawn_blocking(job)
+        let internal =
+            |what: &str| crate::http::error::AppError::Internal(anyhow::anyhow!("{what}"));
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            let _ = done.send(job());
+        });
+        // The channel holds as many jobs as the queue has places: never full here.
+        self.jobs
+            .try_send(job)
+            .map_err(|_| internal("the password hashing threads are gone"))?;
+        result
             .await
-            .map_err(|e| internal(e.into()))
+            .map_err(|_| internal("a password hashing job was dropped"))
     }
 }
 
