@@ -35,3 +35,35 @@ CREATE TRIGGER audit_heads_checked
 CREATE TRIGGER audit_heads_no_truncate
     BEFORE TRUNCATE ON audit_heads
     FOR EACH STATEMENT EXECUTE FUNCTION audit_heads_forward_only();
+
+-- Row-level security: every table with an organization_id shows and accepts only the
+-- rows of the organization named by the setting `haven.organization_id`, which Haven
+-- sets per transaction (`SET LOCAL` through set_config) on the paths that serve a
+-- request. `*` means every organization: Haven's own connections start with it for the
+-- engine and the lookups that cross organizations by design (login by email, token,
+-- scheduler, cleanup); see docs/DECISIONS.md. Unset or empty: no row at all, so any
+-- other client of the database (a report, a psql session) sees nothing until it says
+-- which organization it works for. FORCE makes the tables' owner subject too;
+-- superusers and roles with BYPASSRLS are not (run Haven as neither).
+CREATE FUNCTION haven_organization_visible(org UUID) RETURNS BOOLEAN AS $$
+    SELECT CASE
+        WHEN current_setting('haven.organization_id', true) = '*' THEN true
+        WHEN coalesce(current_setting('haven.organization_id', true), '') = '' THEN false
+        ELSE org = current_setting('haven.organization_id', true)::uuid
+    END
+$$ LANGUAGE sql STABLE;
+
+DO $$
+DECLARE
+    t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['users', 'tokens', 'patients', 'bulk_operations',
+                             'audit_events', 'audit_heads'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY haven_organization ON %I '
+                       'USING (haven_organization_visible(organization_id)) '
+                       'WITH CHECK (haven_organization_visible(organization_id))', t);
+    END LOOP;
+END
+$$;

@@ -32,6 +32,16 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
+            // Row-level security (migration 0005): a connection of Haven sees every
+            // organization unless a transaction narrows it to one (`scope_tx`).
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("SELECT set_config('haven.organization_id', '*', false)")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(PgStore {

@@ -241,6 +241,43 @@ macro_rules! shared_store_impl {
                 Ok(entry)
             }
 
+            /// Narrows a transaction to one organization: on PostgreSQL, row-level security
+            /// (migration 0005) then hides every other organization's rows from it, even
+            /// from a query that forgot its `organization_id` condition. SQLite has no
+            /// row-level security; the conditions in the queries are its isolation.
+            async fn scope_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<()> {
+                if $backend == "postgres" {
+                    sqlx::query("SELECT set_config('haven.organization_id', $1, true)")
+                        .bind(org.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            /// A read-only transaction narrowed to one organization (see `scope_tx`).
+            async fn scoped_read(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<sqlx::Transaction<'_, $db>> {
+                let mut tx = self.reader().begin().await?;
+                Self::scope_tx(&mut tx, org).await?;
+                Ok(tx)
+            }
+
+            /// A write transaction narrowed to one organization (see `scope_tx`).
+            async fn scoped_write(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<sqlx::Transaction<'_, $db>> {
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                Self::scope_tx(&mut tx, org).await?;
+                Ok(tx)
+            }
+
             /// `AND column IN (values)` for a list filter that is present. An empty list
             /// selects nobody, never the whole organization.
             fn push_in<'q, T>(qb: &mut sqlx::QueryBuilder<'q, $db>, column: &str, values: Option<&[T]>)
@@ -434,7 +471,7 @@ macro_rules! shared_store_impl {
                 patient: &$crate::domain::patient::Patient,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(patient.organization_id).await?;
                 let sql = format!(
                     "INSERT INTO patients ({}) VALUES ({})",
                     $crate::store::sql::PATIENT_COLUMNS,
@@ -464,7 +501,9 @@ macro_rules! shared_store_impl {
                     "SELECT {} FROM patients WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
                     $crate::store::sql::PATIENT_COLUMNS
                 );
-                let row = sqlx::query(&sql).bind(id).bind(org).fetch_optional(self.reader()).await?;
+                let mut tx = self.scoped_read(org).await?;
+                let row = sqlx::query(&sql).bind(id).bind(org).fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
                 row.as_ref().map(Self::patient_from_row).transpose()
             }
 
@@ -484,7 +523,9 @@ macro_rules! shared_store_impl {
                     qb.push(" AND id > ").push_bind(after);
                 }
                 qb.push(" ORDER BY id LIMIT ").push_bind(page.limit);
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let mut tx = self.scoped_read(org).await?;
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                tx.commit().await?;
                 rows.iter().map(Self::patient_from_row).collect()
             }
 
@@ -497,7 +538,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(org).await?;
                 let sql = format!(
                     "UPDATE patients SET {}, version = version + 1, updated_at = $25 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL AND version = $26 \
@@ -539,7 +580,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(org).await?;
                 let done = sqlx::query(
                     "UPDATE patients SET deleted_at = $3, updated_at = $3, version = version + 1 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
@@ -569,13 +610,13 @@ macro_rules! shared_store_impl {
                 )
                 .bind(org)
                 .bind(unhcr_number)
-                .fetch_optional(self.reader())
+                .fetch_optional(&mut *self.scoped_read(org).await?)
                 .await?;
                 Ok(matches!(row, Some((id,)) if Some(id) != except))
             }
 
             async fn append_audit(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(entry.organization_id).await?;
                 let entry = Self::append_audit_tx(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(entry)
@@ -593,7 +634,7 @@ macro_rules! shared_store_impl {
                 .bind(org)
                 .bind(after_seq)
                 .bind(limit)
-                .fetch_all(self.reader())
+                .fetch_all(&mut *self.scoped_read(org).await?)
                 .await?;
                 rows.iter().map(Self::audit_from_row).collect()
             }
@@ -609,7 +650,7 @@ macro_rules! shared_store_impl {
                     qb.push(" AND id < ").push_bind(after);
                 }
                 qb.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit);
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let rows = qb.build().fetch_all(&mut *self.scoped_read(org).await?).await?;
                 rows.iter().map(Self::audit_from_row).collect()
             }
 
