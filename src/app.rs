@@ -101,7 +101,13 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi => {
-            println!("{}", crate::http::openapi::document_json());
+            use std::io::Write;
+            // A closed pipe (`haven openapi | head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                crate::http::openapi::document_json()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {

@@ -120,7 +120,7 @@ fn changed_field_names(changes: &Map<String, Value>) -> Vec<&str> {
 }
 
 /// Creates a patient.
-#[utoipa::path(post, path = "/api/v2/patients", tag = "patients", request_body(content = Object, content_type = "application/json"), security(("bearer" = ["patients.write"])), responses((status = 201, description = "Created"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+#[utoipa::path(post, path = "/api/v2/patients", tag = "patients", request_body(content = crate::http::openapi::bodies::PatientIn, content_type = "application/json"), security(("bearer" = ["patients.write"])), responses((status = 201, description = "Created"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn create(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::PatientsWrite>,
@@ -170,7 +170,7 @@ async fn create(
 }
 
 /// Changes a patient; `version` is the version read.
-#[utoipa::path(put, path = "/api/v2/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The id")), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["patients.write"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 409, description = "The version moved on"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+#[utoipa::path(put, path = "/api/v2/patients/{id}", tag = "patients", params(("id" = Uuid, Path, description = "The id")), request_body(content = crate::http::openapi::bodies::PatientIn, content_type = "application/json"), security(("bearer" = ["patients.write"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 409, description = "The version moved on"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn update(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::PatientsWrite>,

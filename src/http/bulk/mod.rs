@@ -515,7 +515,7 @@ fn fail_if(errors: Vec<FieldError>) -> AppResult<()> {
 }
 
 /// Schedules an export.
-#[utoipa::path(post, path = "/api/v2/bulk/export/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.export"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+#[utoipa::path(post, path = "/api/v2/bulk/export/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::ExportIn, content_type = "application/json"), security(("bearer" = ["bulk.export"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_export(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkExport>,
@@ -583,7 +583,7 @@ async fn schedule_export(
 }
 
 /// Schedules an update.
-#[utoipa::path(post, path = "/api/v2/bulk/update/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.update"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+#[utoipa::path(post, path = "/api/v2/bulk/update/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::UpdateIn, content_type = "application/json"), security(("bearer" = ["bulk.update"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_update(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkUpdate>,
@@ -639,7 +639,7 @@ async fn schedule_update(
 }
 
 /// Schedules a delete.
-#[utoipa::path(post, path = "/api/v2/bulk/delete/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = Object, content_type = "application/json"), security(("bearer" = ["bulk.delete"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+#[utoipa::path(post, path = "/api/v2/bulk/delete/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::DeleteIn, content_type = "application/json"), security(("bearer" = ["bulk.delete"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_delete(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkDelete>,

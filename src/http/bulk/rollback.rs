@@ -138,7 +138,7 @@ macro_rules! rollback_handler {
         /// Schedules the rollback of a completed operation (202).
         #[utoipa::path(post, path = $path, tag = "bulk",
                     params(("id" = Uuid, Path, description = "The operation to roll back")),
-                    request_body(content = Option<Object>, content_type = "application/json"),
+                    request_body(content = Option<crate::http::openapi::bodies::RollbackIn>, content_type = "application/json"),
                     security(("bearer" = ["bulk.rollback"])),
                     responses((status = 202, description = "Rollback scheduled"),
                         (status = 404, description = "No such operation of this type"),
