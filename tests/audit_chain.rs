@@ -12,10 +12,22 @@ async fn audited_history(app: &TestApp) -> uuid::Uuid {
 }
 
 fn verify_cli(app: &TestApp, org: uuid::Uuid, extra: &[&str]) -> (Option<i32>, String) {
+    let key = app.config.master_key.as_deref().unwrap();
+    verify_cli_with_key(app, org, key, extra)
+}
+
+/// `haven audit verify --org ORG` with the given master key and extra flags: the exit
+/// code and standard output.
+fn verify_cli_with_key(
+    app: &TestApp,
+    org: uuid::Uuid,
+    key: &str,
+    extra: &[&str],
+) -> (Option<i32>, String) {
     let output = std::process::Command::new(common::haven_bin())
         .args(["audit", "verify", "--database-url", &app.db.url, "--org"])
         .arg(org.to_string())
-        .args(["--master-key", app.config.master_key.as_deref().unwrap()])
+        .args(["--master-key", key])
         .arg("--data-dir")
         .arg(app.dir.path())
         .args(extra)
@@ -164,5 +176,22 @@ dual_test!(
         let (code, stdout) = verify_cli(&app, org, &["--expect-head", &head]);
         assert_eq!(code, Some(1), "{stdout}");
         assert!(stdout.contains("newest entries were removed"), "{stdout}");
+    }
+);
+
+dual_test!(
+    entries_keyed_before_a_master_key_rotation_verify_with_the_previous_key,
+    |app: TestApp| async move {
+        let org = audited_history(&app).await;
+        let old_key_file = app.dir.path().join("previous.key");
+        std::fs::write(&old_key_file, app.config.master_key.as_deref().unwrap()).unwrap();
+        let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+        let run = |extra: &[&str]| verify_cli_with_key(&app, org, new_key, extra);
+        let (code, stdout) = run(&[]);
+        assert_eq!(code, Some(1), "{stdout}");
+        assert!(stdout.contains("previous-master-key-file"), "{stdout}");
+        let old = old_key_file.display().to_string();
+        let (code, stdout) = run(&["--previous-master-key-file", &old]);
+        assert_eq!(code, Some(0), "{stdout}");
     }
 );
