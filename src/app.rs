@@ -71,6 +71,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("This password is shown once. Change it after logging in.");
                 }
             }
+            crate::audit::seal_unkeyed_chains(store.as_ref()).await?;
             println!("Haven is listening on http://{addr}/ (API under http://{addr}/api/v2/)");
             let engine = start_engine(store.clone(), keyring, &config)?;
             serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
@@ -78,6 +79,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Worker => {
             let store = open_store(&config).await?;
+            crate::audit::seal_unkeyed_chains(store.as_ref()).await?;
             let keyring = load_keyring(&config)?;
             let engine = Arc::new(Engine::new(
                 store,
@@ -89,12 +91,26 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             let notifier = start_notifier(engine.store.clone(), engine.keyring.clone(), &config)?;
             let delivering = tokio::spawn(notifier.run(stopped.clone()));
             let loop_engine = engine.clone();
+            tokio::spawn(checkpoint_wal_periodically(
+                engine.store.clone(),
+                stopped.clone(),
+            ));
             let worker = tokio::spawn(async move { loop_engine.run(stopped).await });
             tracing::info!(workers = engine.settings.workers, "worker started");
             shutdown_signal().await;
             let _ = stop.send(true);
             let _ = worker.await;
             let _ = delivering.await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi => {
+            use std::io::Write;
+            // A closed pipe (`haven openapi | head`) is not an error worth a panic.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{}",
+                crate::http::openapi::document_json()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -131,19 +147,21 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", user.id);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditCommand::Verify { org }) => {
+        Command::Audit(AuditCommand::Verify { org, expect_head }) => {
             let store = open_store(&config).await?;
+            let keys = crate::audit::AuditKeys::from_keyring(&load_keyring(&config)?);
             let orgs = match org {
                 Some(id) => vec![id],
                 None => store.list_organization_ids().await?,
             };
             let mut intact = true;
             for org in orgs {
-                let result = crate::audit::verify(store.as_ref(), org).await?;
+                let result =
+                    crate::audit::verify(store.as_ref(), org, &keys, expect_head.as_ref()).await?;
                 match result.broken {
                     None => println!(
-                        "organization {org}: {} entries, chain intact",
-                        result.entries_checked
+                        "organization {org}: {} entries, chain intact, head {}",
+                        result.entries_checked, result.head
                     ),
                     Some(b) => {
                         intact = false;
@@ -156,6 +174,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                             b.seq, b.reason
                         );
                     }
+                }
+                if result.unkeyed_entries > 0 {
+                    println!(
+                        "organization {org}: the first {} entries were written before the chain was keyed",
+                        result.unkeyed_entries
+                    );
                 }
             }
             Ok(if intact {
@@ -193,7 +217,13 @@ pub fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
     Ok(keyring)
 }
 
+///
+/// The audit chain's keys, derived from the master key, are bound to the process here:
+/// every audit entry the store appends from now on is keyed with them.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    crate::audit::install_keys(crate::audit::AuditKeys::from_keyring(&load_keyring(
+        config,
+    )?));
     let store = open_store_without_migrating(config).await?;
     if !config.no_migrate {
         store.migrate().await.context("applying migrations")?;
@@ -260,12 +290,14 @@ pub async fn serve(
     let delivering = tokio::spawn(notifier.run(stopped.clone()));
     let hub = crate::notify::hub::EventHub::new();
     let feeding = tokio::spawn(hub.clone().run(store.clone(), stopped.clone()));
+    tokio::spawn(checkpoint_wal_periodically(store.clone(), stopped.clone()));
     let workers = tokio::spawn(engine.clone().run(stopped));
     let app = router(AppState {
         store,
         config,
         engine,
         hub,
+        login_hashing: crate::auth::HashingGate::for_this_machine(),
     });
     let served = axum::serve(
         listener,
@@ -293,6 +325,28 @@ pub fn start_notifier(
         keyring,
         crate::notify::NotifySettings::from_config(config),
     )?))
+}
+
+/// How often the SQLite write-ahead log is checkpointed and truncated.
+const WAL_CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Empties SQLite's write-ahead log every few minutes: it keeps the old content of every
+/// page written since the last checkpoint, deleted and replaced patient values included,
+/// in plaintext. SQLite's own automatic checkpoint copies the log back but does not
+/// truncate it. (PostgreSQL: nothing to do.)
+async fn checkpoint_wal_periodically(
+    store: Arc<dyn Store>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WAL_CHECKPOINT_INTERVAL) => {}
+            _ = stopped.changed() => return,
+        }
+        if let Err(e) = store.checkpoint_wal().await {
+            tracing::warn!(error = %e, "checkpointing the write-ahead log failed");
+        }
+    }
 }
 
 async fn shutdown_signal() {

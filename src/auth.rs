@@ -75,6 +75,108 @@ pub fn random_password() -> String {
         .collect()
 }
 
+/// Bounds the memory and CPU of password hashing: each Argon2 check takes 19 MiB and a
+/// core for a while, so the checks run on a fixed set of threads, one per core, and at
+/// most `queue` more requests wait for one; beyond that a login answers 503 with
+/// `Retry-After` at once, before it costs anything. Fixed threads also keep the memory
+/// bounded after a burst: the allocator keeps an arena per thread that ever hashed, and
+/// tokio's blocking pool would have grown a thread (and an arena of 19 MiB) per burst.
+#[derive(Clone)]
+pub struct HashingGate {
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
+    queue: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+impl std::fmt::Debug for HashingGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HashingGate")
+            .field("places", &self.queue.available_permits())
+            .finish()
+    }
+}
+
+/// A request's place in the hashing queue (see [`HashingGate::enter`]).
+pub struct QueuedHash {
+    jobs: std::sync::mpsc::SyncSender<HashJob>,
+    _place: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl HashingGate {
+    /// `threads` hashing threads, `queue` requests waiting beyond them. The threads end
+    /// when the last clone of the gate and of its queued requests is gone.
+    pub fn new(threads: usize, queue: usize) -> HashingGate {
+        let threads = threads.max(1);
+        let (jobs, receiver) = std::sync::mpsc::sync_channel::<HashJob>(threads + queue);
+        let receiver = std::sync::Arc::new(std::sync::Mutex::new(receiver));
+        for n in 0..threads {
+            let receiver = receiver.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("haven-hash-{n}"))
+                .spawn(move || loop {
+                    let next = match receiver.lock() {
+                        Ok(r) => r.recv(),
+                        Err(_) => return,
+                    };
+                    match next {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        HashingGate {
+            jobs,
+            queue: std::sync::Arc::new(tokio::sync::Semaphore::new(threads + queue)),
+        }
+    }
+
+    /// One thread per core, and eight waiting requests per core.
+    pub fn for_this_machine() -> HashingGate {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        HashingGate::new(cores, cores * 8)
+    }
+
+    /// A place in the queue, or `ServiceUnavailable` when it is full.
+    pub fn enter(&self) -> Result<QueuedHash, crate::http::error::AppError> {
+        match self.queue.clone().try_acquire_owned() {
+            Ok(place) => Ok(QueuedHash {
+                jobs: self.jobs.clone(),
+                _place: place,
+            }),
+            Err(_) => Err(crate::http::error::AppError::ServiceUnavailable {
+                message: "too many logins are being checked at once: try again in a moment".into(),
+                retry_after_secs: 1,
+            }),
+        }
+    }
+}
+
+impl QueuedHash {
+    /// Runs a hashing job on one of the gate's threads and waits for its result.
+    pub async fn hash<T: Send + 'static>(
+        self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, crate::http::error::AppError> {
+        let internal =
+            |what: &str| crate::http::error::AppError::Internal(anyhow::anyhow!("{what}"));
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            let _ = done.send(job());
+        });
+        // The channel holds as many jobs as the queue has places: never full here.
+        self.jobs
+            .try_send(job)
+            .map_err(|_| internal("the password hashing threads are gone"))?;
+        result
+            .await
+            .map_err(|_| internal("a password hashing job was dropped"))
+    }
+}
+
 /// Passwords people pick first; refused whatever their length.
 const COMMON_PASSWORDS: [&str; 24] = [
     "123456789012",
@@ -139,6 +241,18 @@ mod tests {
         assert!(a.len() >= 43);
         assert_eq!(token_hash(&a).len(), 64);
         assert_ne!(token_hash(&a), a);
+    }
+
+    #[tokio::test]
+    async fn the_hashing_gate_turns_away_requests_beyond_its_queue() {
+        let gate = HashingGate::new(1, 1);
+        let first = gate.enter().expect("a slot");
+        let second = gate.enter().expect("a place in the queue");
+        let refused = gate.enter().err().expect("the queue is full");
+        assert_eq!(refused.status().as_u16(), 503);
+        drop(first);
+        assert!(gate.enter().is_ok(), "a place is free again");
+        assert_eq!(second.hash(|| 7).await.expect("hashed"), 7);
     }
 
     #[test]

@@ -17,10 +17,23 @@ impl BlobStore {
         BlobStore { root: root.into() }
     }
 
-    /// Creates the directories blobs go into.
+    /// Creates the directories blobs go into, owner-only (0700), and narrows them to
+    /// that when an earlier version created them open to others: the file names are
+    /// operation ids, and nobody else has any business listing them.
     pub fn ensure_dirs(&self) -> std::io::Result<()> {
-        std::fs::create_dir_all(self.root.join("uploads"))?;
-        std::fs::create_dir_all(self.root.join("exports"))
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        for dir in [
+            self.root.clone(),
+            self.root.join("uploads"),
+            self.root.join("exports"),
+        ] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
     }
 
     /// The blob name of an operation's uploaded file.

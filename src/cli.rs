@@ -34,6 +34,8 @@ pub enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print the OpenAPI document of the API (what GET /api/v2/openapi.json answers).
+    Openapi,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,8 +59,14 @@ pub enum AdminCommand {
 #[derive(Subcommand, Debug)]
 pub enum AuditCommand {
     /// Check the hash chain; exit 0 when intact, 1 naming the first broken entry.
+    /// Prints each chain's head as SEQ:HASH: record it outside the database (a log, a
+    /// ticket) and give it back with --expect-head to detect a chain cut back or rewritten
+    /// by someone who could write the database.
     Verify {
         #[arg(long)]
         org: Option<Uuid>,
+        /// A head printed by an earlier run, SEQ:HASH; needs --org.
+        #[arg(long, requires = "org")]
+        expect_head: Option<crate::audit::Head>,
     },
 }

@@ -149,11 +149,12 @@ impl MasterKey {
     }
 }
 
-/// One key, ready to use: its id and expanded cipher.
+/// One key, ready to use: its id, expanded cipher and the audit chain key derived from it.
 #[derive(Clone)]
 struct KeyEntry {
     id: [u8; KEY_ID_LEN],
     cipher: Aes256Gcm,
+    audit: [u8; 32],
 }
 
 impl KeyEntry {
@@ -161,8 +162,20 @@ impl KeyEntry {
         KeyEntry {
             id: key.id_bytes(),
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key.0)),
+            audit: derive_subkey(key, b"haven-audit-chain-v1"),
         }
     }
+}
+
+/// A key for another purpose than encryption, derived from the master key with
+/// HMAC-SHA256 under a label (HKDF's extract step): it reveals nothing of the master key,
+/// and the database never holds it.
+fn derive_subkey(key: &MasterKey, label: &[u8]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC accepts keys of any length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
 }
 
 #[derive(Clone)]
@@ -215,6 +228,15 @@ impl Keyring {
     /// needs re-encryption before an old key can be dropped.
     pub fn active_key_id(&self) -> String {
         hex::encode(self.inner.active.id)
+    }
+
+    /// The keys of the audit chain's HMAC by key id, the active key's first; the older
+    /// ones verify entries written before a rotation.
+    pub fn audit_keys(&self) -> Vec<(String, [u8; 32])> {
+        std::iter::once(&self.inner.active)
+            .chain(&self.inner.old)
+            .map(|k| (hex::encode(k.id), k.audit))
+            .collect()
     }
 
     fn find(&self, id: &[u8]) -> Option<&Aes256Gcm> {

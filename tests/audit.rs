@@ -4,21 +4,11 @@
 mod common;
 
 use common::{Backend, TestApp};
-use haven::domain::permission::Role;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Writes a few audited changes and returns the admin token.
 async fn audited_history(app: &TestApp) -> (uuid::Uuid, String) {
-    let org = app.create_org("Clinic").await;
-    let token = app.user_token(org, Role::Admin).await;
-    for name in ["Amina", "Leila", "Omar"] {
-        app.create_patient(
-            &token,
-            json!({"given_name": name, "family_name": "Test", "gender": "other"}),
-        )
-        .await;
-    }
-    (org, token)
+    app.audited_history().await
 }
 
 fn verify_cli(app: &TestApp) -> std::process::Output {
@@ -28,6 +18,12 @@ fn verify_cli(app: &TestApp) -> std::process::Output {
             "verify",
             "--database-url",
             &app.db.url,
+            // The chain is keyed with a key derived from the master key.
+            "--master-key",
+            app.config
+                .master_key
+                .as_deref()
+                .expect("the harness gives a master key"),
             "--data-dir",
         ])
         .arg(app.dir.path())

@@ -153,19 +153,8 @@ dual_test!(
         assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 1);
         bad_rows_errors(&app, &token, &op).await;
         let csv = app
-            .client
-            .get(app.url(&format!(
-                "/api/v2/bulk-operations/{}/errors",
-                op["id"].as_str().unwrap()
-            )))
-            .bearer_auth(&token)
-            .header("accept", "text/csv")
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+            .error_report_csv(&token, op["id"].as_str().unwrap())
+            .await;
         assert!(
             csv.starts_with("row,column,code,message\n3,given_name,required,"),
             "{csv}"

@@ -102,20 +102,7 @@ async fn multipart_import(
     bytes: Vec<u8>,
     options: &[(&'static str, String)],
 ) -> reqwest::Response {
-    let mut form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(bytes).file_name("camp.csv"),
-    );
-    for (name, value) in options {
-        form = form.text(*name, value.clone());
-    }
-    app.client
-        .post(app.url("/api/v2/bulk/import/schedule"))
-        .bearer_auth(token)
-        .multipart(form)
-        .send()
-        .await
-        .expect("multipart POST")
+    app.multipart_import(token, bytes, options).await
 }
 
 async fn patient_id(app: &TestApp, token: &str, unhcr: &str) -> String {

@@ -1407,12 +1407,7 @@ dual_test!(
                 "no patient data in the audit log: {value}"
             );
         }
-        let verify: Value = app
-            .get(&a.admin, "/api/v2/audit/verify")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let verify = app.audit_verify(&a.admin).await;
         assert_eq!(verify["intact"], true, "{verify}");
     }
 );

@@ -99,3 +99,17 @@ CREATE TABLE webhooks (
     created_at TIMESTAMPTZ NOT NULL
 );
 CREATE INDEX webhooks_org ON webhooks (organization_id);
+
+-- Row-level security, as for the tables of 0005_security.sql.
+DO $$
+DECLARE t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['operation_conflicts', 'operation_events', 'notification_deliveries', 'delivery_attempts', 'notifications', 'notification_preferences', 'webhooks'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY haven_organization ON %I '
+                       'USING (haven_organization_visible(organization_id)) '
+                       'WITH CHECK (haven_organization_visible(organization_id))', t);
+    END LOOP;
+END
+$$;

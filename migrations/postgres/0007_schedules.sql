@@ -32,3 +32,17 @@ CREATE TABLE internal_jobs (
     next_run_at TIMESTAMPTZ NOT NULL,
     last_run_by TEXT
 );
+
+-- Row-level security, as for the tables of 0005_security.sql.
+DO $$
+DECLARE t TEXT;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['bulk_schedules'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format('CREATE POLICY haven_organization ON %I '
+                       'USING (haven_organization_visible(organization_id)) '
+                       'WITH CHECK (haven_organization_visible(organization_id))', t);
+    END LOOP;
+END
+$$;

@@ -11,7 +11,10 @@ use super::patient::{DateFormat, PatientFields, RawValue};
 use super::FieldError;
 
 /// Which patients a list, export, update or delete applies to. Every condition must
-/// hold; an empty filter matches every (non-deleted) patient of the organization.
+/// hold; no condition at all matches every (non-deleted) patient of the organization.
+/// A list filter that is present matches only the patients it names: an empty list
+/// matches nobody (and is refused with a 422 when it comes from a request), never
+/// everybody.
 /// `born_after` and `born_before` are inclusive: `born_after=2000-01-01` includes that day.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PatientFilters {
@@ -33,11 +36,18 @@ pub struct PatientFilters {
     pub born_before: Option<NaiveDate>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_since: Option<DateTime<Utc>>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unhcr_numbers: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub patient_ids: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhcr_numbers: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_ids: Option<Vec<Uuid>>,
 }
+
+/// The most values a list filter may hold; larger selections use other filters.
+pub const MAX_LIST_FILTER_ITEMS: usize = 10_000;
+
+/// The longest value of a text filter or of one item of a list filter, in characters
+/// (the longest patient text field is 200).
+pub const MAX_FILTER_TEXT_CHARS: usize = 200;
 
 /// The names accepted as filters.
 pub const FILTER_NAMES: [&str; 11] = [
@@ -62,17 +72,8 @@ impl PatientFilters {
         let mut errors = Vec::new();
         for (key, value) in query {
             if FILTER_NAMES.contains(&key.as_str()) {
-                let raw = if key == "unhcr_numbers" || key == "patient_ids" {
-                    Value::Array(
-                        value
-                            .split(',')
-                            .map(|s| Value::String(s.trim().to_string()))
-                            .filter(|v| v.as_str() != Some(""))
-                            .collect(),
-                    )
-                } else {
-                    Value::String(value.clone())
-                };
+                // List filters are comma-separated text, which `set` splits.
+                let raw = Value::String(value.clone());
                 if let Err(e) = filters.set(key, &raw) {
                     errors.push(e);
                 }
@@ -119,10 +120,28 @@ impl PatientFilters {
     }
 
     fn set(&mut self, key: &str, raw: &Value) -> Result<(), FieldError> {
+        let checked = |s: &str| -> Result<String, FieldError> {
+            let s = s.trim();
+            if s.chars().count() > MAX_FILTER_TEXT_CHARS {
+                return Err(FieldError::new(
+                    key,
+                    "too_long",
+                    &format!("values must be at most {MAX_FILTER_TEXT_CHARS} characters"),
+                ));
+            }
+            if s.contains('\0') {
+                return Err(FieldError::new(
+                    key,
+                    "invalid_character",
+                    "must not contain the NUL character",
+                ));
+            }
+            Ok(s.to_string())
+        };
         let text = || -> Result<String, FieldError> {
             raw.as_str()
-                .map(|s| s.trim().to_string())
                 .ok_or_else(|| FieldError::new(key, "invalid_type", "must be a string"))
+                .and_then(checked)
         };
         // Enumerated and coded filters are checked with the patient field's own rule,
         // so `gender=M` filters as `male` and `gender=robot` is refused.
@@ -144,23 +163,41 @@ impl PatientFilters {
             NaiveDate::parse_from_str(&text()?, "%Y-%m-%d")
                 .map_err(|_| FieldError::new(key, "invalid_date", "must be a date YYYY-MM-DD"))
         };
+        // A list filter names the patients it selects: an empty one would select
+        // nobody, and is refused so that it is never mistaken for "no filter".
         let list = || -> Result<Vec<String>, FieldError> {
-            match raw {
-                Value::String(s) => Ok(s
-                    .split(',')
-                    .map(|x| x.trim().to_string())
-                    .filter(|x| !x.is_empty())
-                    .collect()),
+            let items: Vec<&str> = match raw {
+                Value::String(s) => s.split(',').collect(),
                 Value::Array(items) => items
                     .iter()
                     .map(|i| {
-                        i.as_str().map(|s| s.trim().to_string()).ok_or_else(|| {
+                        i.as_str().ok_or_else(|| {
                             FieldError::new(key, "invalid_type", "must be a list of strings")
                         })
                     })
-                    .collect(),
-                _ => Err(FieldError::new(key, "invalid_type", "must be a list")),
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(FieldError::new(key, "invalid_type", "must be a list")),
+            };
+            if items.len() > MAX_LIST_FILTER_ITEMS {
+                return Err(FieldError::new(
+                    key,
+                    "too_many",
+                    &format!("at most {MAX_LIST_FILTER_ITEMS} values"),
+                ));
             }
+            let values: Vec<String> = items
+                .into_iter()
+                .map(checked)
+                .filter(|v| !matches!(v, Ok(s) if s.is_empty()))
+                .collect::<Result<_, _>>()?;
+            if values.is_empty() {
+                return Err(FieldError::new(
+                    key,
+                    "empty_list",
+                    "must name at least one value (an empty list would select no patient)",
+                ));
+            }
+            Ok(values)
         };
         match key {
             "gender" => self.gender = as_field("gender")?,
@@ -177,15 +214,17 @@ impl PatientFilters {
                 })?;
                 self.updated_since = Some(t.with_timezone(&Utc));
             }
-            "unhcr_numbers" => self.unhcr_numbers = list()?,
+            "unhcr_numbers" => self.unhcr_numbers = Some(list()?),
             "patient_ids" => {
-                self.patient_ids = list()?
-                    .iter()
-                    .map(|s| Uuid::parse_str(s))
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| {
-                        FieldError::new(key, "invalid_id", "must be a list of patient ids")
-                    })?
+                self.patient_ids = Some(
+                    list()?
+                        .iter()
+                        .map(|s| Uuid::parse_str(s))
+                        .collect::<Result<_, _>>()
+                        .map_err(|_| {
+                            FieldError::new(key, "invalid_id", "must be a list of patient ids")
+                        })?,
+                )
             }
             _ => return Err(FieldError::new(key, "unknown_filter", "is not a filter")),
         }
@@ -205,7 +244,10 @@ mod tests {
         q.insert("limit".to_string(), "10".to_string());
         let f = PatientFilters::from_query(&q).expect("valid filters");
         assert_eq!(f.gender.as_deref(), Some("female"));
-        assert_eq!(f.unhcr_numbers, vec!["A", "B"]);
+        assert_eq!(
+            f.unhcr_numbers,
+            Some(vec!["A".to_string(), "B".to_string()])
+        );
 
         q.insert("born_after".to_string(), "2001-13-45".to_string());
         let errors = PatientFilters::from_query(&q).expect_err("bad date");

@@ -19,10 +19,21 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The longest field name an error repeats back: the name may come from the request
+/// (an unknown option, a CSV header), and a 50 MB name must not become a 50 MB answer.
+const MAX_ECHOED_FIELD_CHARS: usize = 200;
+
 impl FieldError {
     pub fn new(field: &str, code: &str, message: &str) -> Self {
+        let field = if field.chars().count() > MAX_ECHOED_FIELD_CHARS {
+            let mut short: String = field.chars().take(MAX_ECHOED_FIELD_CHARS).collect();
+            short.push('…');
+            short
+        } else {
+            field.to_string()
+        };
         FieldError {
-            field: field.to_string(),
+            field,
             code: code.to_string(),
             message: message.to_string(),
         }

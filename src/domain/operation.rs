@@ -246,7 +246,7 @@ impl Targets {
     pub fn as_filters(&self) -> PatientFilters {
         match self {
             Targets::PatientIds(ids) => PatientFilters {
-                patient_ids: ids.clone(),
+                patient_ids: Some(ids.clone()),
                 ..Default::default()
             },
             Targets::Filters(f) => f.clone(),

@@ -272,7 +272,7 @@ impl PatientFields {
             "phone_number" => self.phone_number = phone(field, raw)?,
             "emergency_contact_phone" => self.emergency_contact_phone = phone(field, raw)?,
             "email" => {
-                self.email = match text(field, raw)? {
+                self.email = match bounded(field, raw, MAX_EMAIL_CHARS)? {
                     None => None,
                     Some(t) if plausible_email(&t) => Some(t),
                     Some(_) => {
@@ -421,10 +421,32 @@ impl Patient {
     }
 }
 
+/// The most items a list field may hold, and the longest item in characters: a joined
+/// list stays far below the 32,767 characters of a spreadsheet cell.
+pub const MAX_LIST_ITEMS: usize = 100;
+pub const MAX_LIST_ITEM_CHARS: usize = 200;
+
+/// The longest email address (RFC 5321's limit on a path).
+const MAX_EMAIL_CHARS: usize = 254;
+
+/// Refuses the NUL character, which no patient field can hold (PostgreSQL text cannot
+/// store it at all, so it is refused on both databases alike).
+fn no_nul(field: &str, text: &str) -> Result<(), FieldError> {
+    if text.contains('\0') {
+        return Err(FieldError::new(
+            field,
+            "invalid_character",
+            "must not contain the NUL character",
+        ));
+    }
+    Ok(())
+}
+
 fn text(field: &str, raw: RawValue) -> Result<Option<String>, FieldError> {
     match raw {
         RawValue::Null => Ok(None),
         RawValue::Text(t) => {
+            no_nul(field, &t)?;
             let t = t.trim();
             Ok((!t.is_empty()).then(|| t.to_string()))
         }
@@ -477,16 +499,34 @@ fn enum_value(field: &str, raw: RawValue, allowed: &[&str]) -> Result<Option<Str
 }
 
 fn list(field: &str, raw: RawValue) -> Result<Vec<String>, FieldError> {
-    match raw {
-        RawValue::Null => Ok(Vec::new()),
-        RawValue::Text(t) => Ok(split_list(&t)),
-        RawValue::List(items) => Ok(items
+    let items = match raw {
+        RawValue::Null => Vec::new(),
+        RawValue::Text(t) => split_list(&t),
+        RawValue::List(items) => items
             .into_iter()
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
-            .collect()),
-        RawValue::Int(_) => Err(FieldError::new(field, "invalid_type", "must be a list")),
+            .collect(),
+        RawValue::Int(_) => return Err(FieldError::new(field, "invalid_type", "must be a list")),
+    };
+    if items.len() > MAX_LIST_ITEMS {
+        return Err(FieldError::new(
+            field,
+            "too_many",
+            &format!("must have at most {MAX_LIST_ITEMS} items"),
+        ));
     }
+    for item in &items {
+        no_nul(field, item)?;
+        if item.chars().count() > MAX_LIST_ITEM_CHARS {
+            return Err(FieldError::new(
+                field,
+                "too_long",
+                &format!("items must be at most {MAX_LIST_ITEM_CHARS} characters"),
+            ));
+        }
+    }
+    Ok(items)
 }
 
 fn parse_birth_date(

@@ -790,6 +790,18 @@ impl Engine {
         let finished = self.store.finish_operation(finish).await?;
         match (finished, ending) {
             (Finished::Done, Ending::Final(_)) => {
+                // Replaced and deleted values stay readable in SQLite's write-ahead log
+                // until a checkpoint: empty it after operations that replace or remove
+                // patient data (a no-op on PostgreSQL).
+                let replaced = matches!(
+                    op.op_type,
+                    OperationType::Update | OperationType::Delete | OperationType::Rollback
+                ) || run.is_undoing();
+                if replaced {
+                    if let Err(e) = self.store.checkpoint_wal().await {
+                        tracing::warn!(error = %e, "checkpointing the write-ahead log failed");
+                    }
+                }
                 if op.op_type == OperationType::Import {
                     // The upload holds patient data; once the import has ended nobody
                     // reads it.

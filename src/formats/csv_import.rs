@@ -6,7 +6,7 @@
 //! data, and errors end up in results, logs and emails (SPEC 4.1).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{self, Read};
 
 use csv::{ByteRecord, StringRecord};
 
@@ -37,6 +37,18 @@ const ALIASES: [(&str, &[&str]); 16] = [
     ("refugee_status", &["status"]),
     ("estimated_birth_year", &["birth_year", "year_of_birth"]),
 ];
+
+/// The longest header row accepted, in bytes. The header is read whole and planned before
+/// the schedule request answers, so it must be small whatever the upload limit is: a
+/// registration spreadsheet's header is a few hundred bytes.
+pub const MAX_HEADER_BYTES: u64 = 64 * 1024;
+
+/// The most columns a file may have (the patient record has 22 writable fields; the rest
+/// are ignored columns, listed in the result).
+pub const MAX_COLUMNS: usize = 500;
+
+/// The longest header name (and `field_mapping` column name), in characters.
+pub const MAX_COLUMN_NAME_CHARS: usize = 200;
 
 /// How the columns of one file feed patient fields, decided once from the header so every
 /// row is read the same way.
@@ -91,6 +103,28 @@ fn short(name: &str) -> String {
     name.chars().take(64).collect()
 }
 
+/// A `field_mapping` too large to plan cheaply: more entries than a file may have columns,
+/// or names longer than a header name may be.
+fn mapping_problem(map: &BTreeMap<String, String>) -> Option<(&'static str, String)> {
+    if map.len() > MAX_COLUMNS {
+        return Some((
+            "too_many",
+            format!("at most {MAX_COLUMNS} entries (a file has at most {MAX_COLUMNS} columns)"),
+        ));
+    }
+    let too_long = |s: &String| s.chars().count() > MAX_COLUMN_NAME_CHARS;
+    map.iter()
+        .any(|(source, target)| too_long(source) || too_long(target))
+        .then(|| {
+            (
+                "too_long",
+                format!(
+                    "column and field names must be at most {MAX_COLUMN_NAME_CHARS} characters"
+                ),
+            )
+        })
+}
+
 /// Decides which column feeds which field: first the explicit `field_mapping`, then the
 /// automatic matching of the remaining header names. Errors are meant for a 422 at schedule
 /// time, before any row is read.
@@ -105,6 +139,9 @@ pub fn plan_columns(
 
     if let Some(map) = explicit {
         let err = |code: &str, message: String| FieldError::new("field_mapping", code, &message);
+        if let Some(problem) = mapping_problem(map) {
+            return Err(vec![err(problem.0, problem.1)]);
+        }
         let mut first_source: BTreeMap<&'static str, &str> = BTreeMap::new();
         for (source, target) in map {
             let Some(field) = writable_field(target) else {
@@ -213,6 +250,15 @@ pub enum ImportFileError {
     /// does not decrypt: kind `InvalidData`). Not the data's fault unless decrypting.
     #[error("the stored file could not be read (row {row}): {kind}")]
     Unreadable { row: u64, kind: std::io::ErrorKind },
+    /// The header row is longer than [`MAX_HEADER_BYTES`] (reading stopped there).
+    #[error("the header row is longer than {MAX_HEADER_BYTES} bytes; a header names the columns, one short name each")]
+    HeaderTooLong,
+    /// The header has more than [`MAX_COLUMNS`] columns.
+    #[error("the file has {columns} columns; at most {MAX_COLUMNS} are accepted")]
+    TooManyColumns { columns: usize },
+    /// A header name is longer than [`MAX_COLUMN_NAME_CHARS`] or holds a control character.
+    #[error("the header name of column {column} is longer than {MAX_COLUMN_NAME_CHARS} characters or holds a control character")]
+    BadColumnName { column: usize },
 }
 
 impl ImportFileError {
@@ -223,6 +269,9 @@ impl ImportFileError {
             ImportFileError::NotUtf8 { .. } => "not_utf8",
             ImportFileError::Malformed { .. } => "malformed_csv",
             ImportFileError::Unreadable { .. } => "unreadable_file",
+            ImportFileError::HeaderTooLong => "header_too_long",
+            ImportFileError::TooManyColumns { .. } => "too_many_columns",
+            ImportFileError::BadColumnName { .. } => "invalid_column_name",
         }
     }
 
@@ -246,6 +295,28 @@ fn malformed(err: &csv::Error, row: u64) -> ImportFileError {
     }
 }
 
+/// The file under the CSV reader. While the header is read it hands out at most `budget`
+/// bytes in all, then reports the end of input; after the header there is no limit.
+struct HeaderLimit<R> {
+    inner: R,
+    budget: Option<u64>,
+}
+
+impl<R: Read> Read for HeaderLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.budget else {
+            return self.inner.read(buf);
+        };
+        let max = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if max == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(&mut buf[..max])?;
+        self.budget = Some(left - n as u64);
+        Ok(n)
+    }
+}
+
 /// One data record and the spreadsheet row it came from (header = row 1), so row errors
 /// point where the user looks in their spreadsheet.
 #[derive(Debug, Clone, PartialEq)]
@@ -259,7 +330,7 @@ pub struct CsvRow {
 
 /// Streams the records of an import file after its header, one at a time.
 pub struct CsvRecordReader<R: Read> {
-    inner: csv::Reader<R>,
+    inner: csv::Reader<HeaderLimit<R>>,
     header: Vec<String>,
     /// Reused read buffer; each returned row is one copy of it.
     buf: ByteRecord,
@@ -271,16 +342,32 @@ pub struct CsvRecordReader<R: Read> {
 
 /// Opens an import file: RFC 4180, UTF-8 with or without BOM, header row required. Ragged
 /// rows are allowed here (`flexible`) so the caller can report them per row.
+///
+/// The header is bounded before it is read: at most [`MAX_HEADER_BYTES`] bytes are read
+/// until it ends, and it may have at most [`MAX_COLUMNS`] names of at most
+/// [`MAX_COLUMN_NAME_CHARS`] characters, so opening a file costs a small constant whatever
+/// the file holds.
 pub fn open<R: Read>(reader: R) -> Result<CsvRecordReader<R>, ImportFileError> {
     let mut inner = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .from_reader(reader);
+        .from_reader(HeaderLimit {
+            inner: reader,
+            budget: Some(MAX_HEADER_BYTES),
+        });
     let mut buf = ByteRecord::new();
-    match inner.read_byte_record(&mut buf) {
+    let read = inner.read_byte_record(&mut buf);
+    if inner.get_ref().budget == Some(0) && inner.position().byte() >= MAX_HEADER_BYTES {
+        return Err(ImportFileError::HeaderTooLong);
+    }
+    inner.get_mut().budget = None;
+    match read {
         Ok(true) => {}
         Ok(false) => return Err(ImportFileError::Empty),
         Err(e) => return Err(malformed(&e, 1)),
+    }
+    if buf.len() > MAX_COLUMNS {
+        return Err(ImportFileError::TooManyColumns { columns: buf.len() });
     }
     let mut header = Vec::with_capacity(buf.len());
     for (i, cell) in buf.iter().enumerate() {
@@ -289,10 +376,11 @@ pub fn open<R: Read>(reader: R) -> Result<CsvRecordReader<R>, ImportFileError> {
         } else {
             cell
         };
-        match std::str::from_utf8(cell) {
-            Ok(text) => header.push(text.to_string()),
-            Err(_) => return Err(ImportFileError::NotUtf8 { row: 1 }),
+        let text = std::str::from_utf8(cell).map_err(|_| ImportFileError::NotUtf8 { row: 1 })?;
+        if text.chars().count() > MAX_COLUMN_NAME_CHARS || text.contains(char::is_control) {
+            return Err(ImportFileError::BadColumnName { column: i + 1 });
         }
+        header.push(text.to_string());
     }
     if header.len() == 1 && header[0].trim().is_empty() {
         // Only a BOM or blanks on the first line: there is no header to map.

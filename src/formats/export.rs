@@ -175,13 +175,34 @@ fn render(value: &Value) -> String {
     }
 }
 
-/// Prefixes `'` to text a spreadsheet would read as a formula, except valid phone numbers.
-fn spreadsheet_safe(field: &str, text: String) -> String {
-    let risky = matches!(
-        text.chars().next(),
-        Some('=' | '+' | '-' | '@' | '\t' | '\r')
-    );
-    if !risky || (is_phone_field(field) && is_e164(&text)) {
+/// Characters a reader does not see: spaces, control characters and Unicode format
+/// characters (zero-width spaces and joiners, direction marks, the BOM, soft hyphen).
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// Whether a spreadsheet could read the text as a formula: it starts with `=`, `+`, `-`,
+/// `@`, their full-width forms (`＝＋－＠`, which some spreadsheets fold to ASCII), tab,
+/// carriage return or line feed, or with invisible characters before one of those signs.
+pub fn formula_risk(text: &str) -> bool {
+    if text.starts_with(['\t', '\r', '\n']) {
+        return true;
+    }
+    matches!(
+        text.chars().find(|c| !is_invisible(*c)),
+        Some('=' | '+' | '-' | '@' | '\u{FF1D}' | '\u{FF0B}' | '\u{FF0D}' | '\u{FF20}')
+    )
+}
+
+/// Prefixes `'` to text a spreadsheet would read as a formula (OWASP CSV injection),
+/// except valid phone numbers of phone fields. Used for every CSV and XLSX cell Haven
+/// writes: exports and error reports.
+pub fn spreadsheet_safe(field: &str, text: String) -> String {
+    if !formula_risk(&text) || (is_phone_field(field) && is_e164(&text)) {
         text
     } else {
         format!("'{text}")
@@ -510,6 +531,33 @@ mod tests {
         // A one-column row with an empty cell is `""`, not a blank line readers would skip.
         let single = export(ExportFormat::Csv, "middle_names", &[patient(3, "A", "")]);
         assert_eq!(single, "middle_names\n\"\"\n");
+    }
+
+    #[test]
+    fn full_width_signs_and_invisible_prefixes_are_neutralised() {
+        for risky in [
+            "\u{FF1D}1+1",
+            "\u{FF0B}1",
+            "\u{FF0D}1",
+            "\u{FF20}SUM(A1)",
+            "\u{200B}=1+1",
+            "\u{FEFF}=1+1",
+            " =1+1",
+            "\u{00A0}\u{2060}@x",
+            "\n=1",
+        ] {
+            assert!(
+                spreadsheet_safe("given_name", risky.to_string()).starts_with('\''),
+                "{risky:?}"
+            );
+        }
+        for safe in ["Amina", "1+1", "a=b", "\u{200B}Amina"] {
+            assert_eq!(spreadsheet_safe("given_name", safe.to_string()), safe);
+        }
+        assert_eq!(
+            spreadsheet_safe("phone_number", "+254711000301".into()),
+            "+254711000301"
+        );
     }
 
     #[test]

@@ -3,21 +3,24 @@
 use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::AppResult;
 use super::extract::{perm, Require};
 use super::{page_from_query, AppState};
 use crate::domain::rfc3339;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/audit", get(list))
-        .route("/api/v2/audit/verify", get(verify))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(verify))
 }
 
+/// The organization's audit entries, newest first.
+#[utoipa::path(get, path = "/api/v2/audit", tag = "audit", params(("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), security(("bearer" = ["audit.read"])), responses((status = 200, description = "OK"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn list(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::AuditRead>,
@@ -45,14 +48,19 @@ async fn list(
     Ok(Json(json!({"events": events, "next_cursor": next_cursor})))
 }
 
+/// Verifies the organization's audit chain.
+#[utoipa::path(get, path = "/api/v2/audit/verify", tag = "audit", security(("bearer" = ["audit.read"])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn verify(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::AuditRead>,
 ) -> AppResult<Json<Value>> {
-    let result = crate::audit::verify(state.store.as_ref(), caller.org()).await?;
+    let keys = crate::audit::AuditKeys::from_keyring(&state.engine.keyring);
+    let result = crate::audit::verify(state.store.as_ref(), caller.org(), &keys, None).await?;
     Ok(Json(json!({
         "intact": result.broken.is_none(),
         "entries_checked": result.entries_checked,
+        "unkeyed_entries": result.unkeyed_entries,
+        "head": result.head,
         "broken": result.broken,
     })))
 }

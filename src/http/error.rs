@@ -36,6 +36,11 @@ pub enum AppError {
         message: String,
         retry_after_secs: u64,
     },
+    #[error("{message}")]
+    ServiceUnavailable {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -68,6 +73,7 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -84,6 +90,7 @@ impl AppError {
             AppError::BadRequest(_) => "bad_request",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::TooManyRequests { .. } => "too_many_requests",
+            AppError::ServiceUnavailable { .. } => "service_unavailable",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -123,6 +130,9 @@ impl IntoResponse for AppError {
         let body = json!({"error": {"code": self.code(), "message": self.to_string(), "details": details}});
         let mut response = (status, axum::Json(body)).into_response();
         if let AppError::TooManyRequests {
+            retry_after_secs, ..
+        }
+        | AppError::ServiceUnavailable {
             retry_after_secs, ..
         } = &self
         {

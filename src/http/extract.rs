@@ -135,7 +135,12 @@ permission_markers! {
     OrgAdmin => OrgAdmin,
 }
 
-/// A JSON body whose parse errors answer in the JSON error shape (400/422).
+/// The largest JSON body of any endpoint but the import (whose `csv_data` has its own
+/// limit): larger bodies answer 413.
+pub const MAX_JSON_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// A JSON body whose parse errors answer in the JSON error shape (400/413/422). Error
+/// messages name the field but never quote the value sent, which may be a password.
 pub struct JsonBody<T>(pub T);
 
 impl<T, S> FromRequest<S> for JsonBody<T>
@@ -149,20 +154,46 @@ where
         use axum::extract::rejection::JsonRejection;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(JsonBody(value)),
-            Err(JsonRejection::JsonDataError(e)) => Err(AppError::invalid_field(
-                "body",
-                "invalid_type",
-                &e.body_text(),
-            )),
+            Err(JsonRejection::JsonDataError(e)) => {
+                let (field, message) = describe_data_error(&e.body_text());
+                Err(AppError::invalid_field(&field, "invalid_type", &message))
+            }
             Err(JsonRejection::MissingJsonContentType(_)) => Err(AppError::BadRequest(
                 "send the body as JSON with `Content-Type: application/json`".into(),
             )),
-            Err(e) => Err(AppError::BadRequest(format!(
-                "the body is not valid JSON: {}",
-                e.body_text()
-            ))),
+            Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(AppError::PayloadTooLarge(MAX_JSON_BODY_BYTES as u64))
+            }
+            Err(_) => Err(AppError::BadRequest(
+                "the body is not valid JSON".to_string(),
+            )),
         }
     }
+}
+
+/// The field and a message for a body of the right syntax but the wrong shape, from
+/// axum's text `Failed to deserialize ...: PATH: ERROR at line L column C`. Serde's error
+/// quotes the value it got (`invalid type: string "hunter2"`), so only a missing field
+/// keeps its own words; everything else says what was expected without the value.
+fn describe_data_error(text: &str) -> (String, String) {
+    let detail = text
+        .split_once("target type: ")
+        .map(|(_, rest)| rest)
+        .unwrap_or(text);
+    let (path, error) = match detail.split_once(": ") {
+        Some((path, error)) if !path.contains(' ') => (path.to_string(), error),
+        _ => ("body".to_string(), detail),
+    };
+    let field = if path == "." {
+        "body".to_string()
+    } else {
+        path
+    };
+    if let Some(rest) = error.strip_prefix("missing field `") {
+        let name: String = rest.chars().take_while(|c| *c != '`').take(64).collect();
+        return (name, "is required".to_string());
+    }
+    (field, "has the wrong type or an invalid value".to_string())
 }
 
 /// An id from the path. One that is not a UUID cannot exist, so it answers 404.

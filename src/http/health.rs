@@ -5,15 +5,22 @@ use axum::response::Html;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{AppError, AppResult};
 use super::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+/// The start page (HTML, not part of the API document).
+pub fn start_page() -> Router<AppState> {
+    Router::new().route("/", get(index))
+}
+
+/// The probes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// What `haven serve` tells people to open: says where the API is until the web UI
@@ -40,11 +47,13 @@ async fn index() -> Html<&'static str> {
 }
 
 /// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "OK")))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// The database answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK"), (status = 500, description = "The database does not answer")))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {
     state
         .store

@@ -7,8 +7,10 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod notifications;
+pub mod openapi;
 pub mod operations;
 pub mod patients;
+pub mod security;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -26,25 +28,31 @@ pub struct AppState {
     pub engine: Arc<crate::engine::Engine>,
     /// This process's feed of operation events (WebSocket clients).
     pub hub: crate::notify::hub::EventHub,
+    /// Bounds concurrent password hashing (logins).
+    pub login_hashing: crate::auth::HashingGate,
 }
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    let (api, _) = openapi::api_routes().split_for_parts();
     Router::new()
-        .merge(health::routes())
-        .merge(auth::routes())
-        .merge(patients::routes())
-        .merge(audit::routes())
-        .merge(bulk::routes())
-        .merge(operations::routes())
-        .merge(notifications::routes())
-        .merge(webhooks::routes())
+        .merge(health::start_page())
+        .merge(api)
+        .merge(notifications::websocket_route())
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
         // its `Allow` header). It applies to the routes present, so it comes last.
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             error::AppError::MethodNotAllowed(method.to_string())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            security::audit_cross_organization,
+        ))
+        .layer(axum::middleware::from_fn(security::headers))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            extract::MAX_JSON_BODY_BYTES,
+        ))
         .with_state(state)
 }
 

@@ -8,9 +8,11 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::error::{AppError, AppResult};
@@ -24,19 +26,23 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 /// The name of the web UI's session cookie.
 pub const SESSION_COOKIE: &str = "haven_session";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/ws", get(websocket))
-        .route("/api/v2/notifications", get(list))
-        .route("/api/v2/notifications/read-all", post(read_all))
-        .route("/api/v2/notifications/{id}/read", post(read))
-        .route(
-            "/api/v2/notifications/preferences",
-            get(preferences).put(set_preferences),
-        )
-        .route("/api/v2/notifications/deliveries", get(deliveries))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(read_all))
+        .routes(routes!(read))
+        .routes(routes!(preferences, set_preferences))
+        .routes(routes!(deliveries))
 }
 
+/// `GET /api/v2/ws`, outside the OpenAPI document (a WebSocket upgrade, which OpenAPI
+/// cannot describe); it answers 401 without a valid token like the others.
+pub fn websocket_route() -> Router<AppState> {
+    Router::new().route("/api/v2/ws", get(websocket))
+}
+
+/// The caller's in-app notifications, newest first, with the unread count.
+#[utoipa::path(get, path = "/api/v2/notifications", tag = "notifications", params(("limit" = Option<i64>, Query, description = "Page size, 1 to 200"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token")))]
 async fn list(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -59,6 +65,8 @@ async fn list(
     })))
 }
 
+/// Marks one of the caller's notifications read.
+#[utoipa::path(post, path = "/api/v2/notifications/{id}/read", tag = "notifications", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 404, description = "No such notification of yours"), (status = 401, description = "No valid token")))]
 async fn read(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -80,6 +88,8 @@ async fn read(
     ))
 }
 
+/// Marks all of the caller's notifications read.
+#[utoipa::path(post, path = "/api/v2/notifications/read-all", tag = "notifications", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token")))]
 async fn read_all(State(state): State<AppState>, caller: AuthUser) -> AppResult<Json<Value>> {
     let marked = state
         .store
@@ -102,6 +112,8 @@ fn preferences_json(prefs: &crate::store::notify::Preferences) -> Value {
     json!({"preferences": map, "phone_number": prefs.phone_number})
 }
 
+/// The caller's channels per event type (defaults where unset) and phone number.
+#[utoipa::path(get, path = "/api/v2/notifications/preferences", tag = "notifications", security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token")))]
 async fn preferences(State(state): State<AppState>, caller: AuthUser) -> AppResult<Json<Value>> {
     let prefs = state
         .store
@@ -126,6 +138,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Strin
     Ok(Some(Option::<String>::deserialize(d)?))
 }
 
+/// Sets channels for the event types given, and the phone number when given.
+#[utoipa::path(put, path = "/api/v2/notifications/preferences", tag = "notifications", request_body(content = crate::http::openapi::bodies::PreferencesIn, content_type = "application/json"), security(("bearer" = [])), responses((status = 200, description = "OK"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token")))]
 async fn set_preferences(
     State(state): State<AppState>,
     caller: AuthUser,
@@ -198,6 +212,7 @@ async fn set_preferences(
 
 /// The organization's deliveries (email, SMS, webhooks), newest first, for admins:
 /// `?status=failed` shows what did not arrive.
+#[utoipa::path(get, path = "/api/v2/notifications/deliveries", tag = "notifications", params(("status" = Option<String>, Query, description = "pending, delivered or failed"), ("limit" = Option<i64>, Query, description = "Page size, 1 to 200"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("bearer" = ["org.admin"])), responses((status = 200, description = "OK"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn deliveries(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,

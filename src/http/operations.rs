@@ -6,9 +6,10 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{AppError, AppResult};
 use super::extract::{perm, PathId, Require};
@@ -17,22 +18,25 @@ use crate::blobs::BlobStore;
 use crate::domain::now;
 use crate::domain::operation::{Operation, OperationType, Status};
 use crate::domain::permission::Permission;
+use crate::formats::export::spreadsheet_safe;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/bulk-operations", get(list))
-        .route("/api/v2/bulk-operations/scheduled", get(scheduled))
-        .route("/api/v2/bulk-operations/{id}/status", get(status))
-        .route("/api/v2/bulk-operations/{id}/cancel", post(cancel))
-        .route("/api/v2/bulk-operations/{id}/errors", get(errors))
-        .route("/api/v2/bulk-operations/{id}/conflicts", get(conflicts))
-        .route("/api/v2/bulk-operations/{id}/download", get(download))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(scheduled))
+        .routes(routes!(status))
+        .routes(routes!(cancel))
+        .routes(routes!(errors))
+        .routes(routes!(conflicts))
+        .routes(routes!(download))
 }
 
 fn operations_json(ops: &[Operation]) -> Vec<Value> {
     ops.iter().map(Operation::to_json).collect()
 }
 
+/// The organization's operations, newest first.
+#[utoipa::path(get, path = "/api/v2/bulk-operations", tag = "operations", params(("status" = Option<String>, Query), ("type" = Option<String>, Query), ("limit" = Option<i64>, Query), ("cursor" = Option<String>, Query)), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn list(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -71,6 +75,8 @@ async fn list(
     ))
 }
 
+/// The organization's scheduled operations.
+#[utoipa::path(get, path = "/api/v2/bulk-operations/scheduled", tag = "operations", security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn scheduled(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -87,6 +93,8 @@ async fn find(state: &AppState, org: uuid::Uuid, id: uuid::Uuid) -> AppResult<Op
         .ok_or(AppError::NotFound("operation"))
 }
 
+/// One operation.
+#[utoipa::path(get, path = "/api/v2/bulk-operations/{id}/status", tag = "operations", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn status(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -95,7 +103,8 @@ async fn status(
     Ok(Json(find(&state, caller.org(), id).await?.to_json()))
 }
 
-/// Anyone may cancel their own operation; cancelling others' needs `bulk.cancel`.
+/// Cancels an operation; cancelling others' needs `bulk.cancel` too.
+#[utoipa::path(post, path = "/api/v2/bulk-operations/{id}/cancel", tag = "operations", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 409, description = "It has ended"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn cancel(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -160,6 +169,7 @@ fn cancel_refusal(op: &Operation) -> String {
 
 /// The patients an undo or a rollback left alone because someone changed them after
 /// the operation, all of them, paged by patient id (`result.conflicts` holds a sample).
+#[utoipa::path(get, path = "/api/v2/bulk-operations/{id}/conflicts", tag = "operations", params(("id" = Uuid, Path, description = "The id"), ("limit" = Option<i64>, Query, description = "Page size, 1 to 200"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn conflicts(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -182,6 +192,8 @@ async fn conflicts(
     })))
 }
 
+/// The per-row error report (JSON, or CSV with `Accept: text/csv`).
+#[utoipa::path(get, path = "/api/v2/bulk-operations/{id}/errors", tag = "operations", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn errors(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkRead>,
@@ -198,8 +210,15 @@ async fn errors(
         let mut out = csv::Writer::from_writer(Vec::new());
         let write = |out: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
             out.write_record(["row", "column", "code", "message"])?;
+            // Column names come from the uploaded header: neutralised like export cells.
+            let safe = |text: &str| spreadsheet_safe("", text.to_string());
             for e in &rows {
-                out.write_record([e.row.to_string().as_str(), &e.column, &e.code, &e.message])?;
+                out.write_record([
+                    e.row.to_string(),
+                    safe(&e.column),
+                    safe(&e.code),
+                    safe(&e.message),
+                ])?;
             }
             out.flush()?;
             Ok(())
@@ -223,6 +242,8 @@ async fn errors(
     Ok(Json(json!({"errors": rows})).into_response())
 }
 
+/// The export file.
+#[utoipa::path(get, path = "/api/v2/bulk-operations/{id}/download", tag = "operations", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["bulk.export"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn download(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkExport>,

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{AppError, AppResult};
 use super::extract::{perm, JsonBody, PathId, Require};
@@ -18,14 +19,11 @@ use crate::notify::webhook::{self, TargetError};
 use crate::notify::EventType;
 use crate::store::notify::Webhook;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v2/webhooks", get(list).post(create))
-        .route(
-            "/api/v2/webhooks/{id}",
-            get(show).put(update).delete(remove),
-        )
-        .route("/api/v2/webhooks/{id}/deliveries", get(deliveries))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(deliveries))
 }
 
 #[derive(serde::Deserialize)]
@@ -84,6 +82,8 @@ async fn validated(state: &AppState, body: &WebhookBody) -> AppResult<Vec<EventT
     Ok(events)
 }
 
+/// Creates a webhook; the answer holds its signing secret, shown this once.
+#[utoipa::path(post, path = "/api/v2/webhooks", tag = "webhooks", request_body(content = crate::http::openapi::bodies::WebhookIn, content_type = "application/json"), security(("bearer" = ["org.admin"])), responses((status = 201, description = "Created"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn create(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,
@@ -120,6 +120,8 @@ async fn create(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
+/// The organization's webhooks.
+#[utoipa::path(get, path = "/api/v2/webhooks", tag = "webhooks", security(("bearer" = ["org.admin"])), responses((status = 200, description = "OK"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn list(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,
@@ -139,6 +141,8 @@ async fn find(state: &AppState, org: uuid::Uuid, id: uuid::Uuid) -> AppResult<We
         .ok_or(AppError::NotFound("webhook"))
 }
 
+/// One webhook (without its secret).
+#[utoipa::path(get, path = "/api/v2/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["org.admin"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn show(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,
@@ -147,13 +151,23 @@ async fn show(
     Ok(Json(find(&state, caller.org(), id).await?.to_json()))
 }
 
+/// Replaces a webhook's URL, events, description and `enabled`.
+#[utoipa::path(put, path = "/api/v2/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path, description = "The id")), request_body(content = crate::http::openapi::bodies::WebhookIn, content_type = "application/json"), security(("bearer" = ["org.admin"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn update(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,
     PathId(id): PathId,
-    JsonBody(body): JsonBody<WebhookBody>,
+    JsonBody(raw): JsonBody<serde_json::Map<String, Value>>,
 ) -> AppResult<Json<Value>> {
+    // Another organization's id is a 404 whatever the body says.
     let current = find(&state, caller.org(), id).await?;
+    let body: WebhookBody = serde_json::from_value(Value::Object(raw)).map_err(|_| {
+        AppError::invalid_field(
+            "body",
+            "invalid_type",
+            "must be {\"url\": string, \"events\": [string], \"description\": string, \"enabled\": bool}",
+        )
+    })?;
     let events = validated(&state, &body).await?;
     let hook = Webhook {
         url: body.url.clone(),
@@ -175,6 +189,8 @@ async fn update(
     Ok(Json(find(&state, caller.org(), id).await?.to_json()))
 }
 
+/// Deletes a webhook (its delivery log stays).
+#[utoipa::path(delete, path = "/api/v2/webhooks/{id}", tag = "webhooks", params(("id" = Uuid, Path, description = "The id")), security(("bearer" = ["org.admin"])), responses((status = 204, description = "Deleted"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn remove(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,
@@ -193,6 +209,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A webhook's deliveries with every attempt, newest first.
+#[utoipa::path(get, path = "/api/v2/webhooks/{id}/deliveries", tag = "webhooks", params(("id" = Uuid, Path, description = "The id"), ("limit" = Option<i64>, Query, description = "Page size, 1 to 200"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")), security(("bearer" = ["org.admin"])), responses((status = 200, description = "OK"), (status = 404, description = "No such id in your organization"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn deliveries(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::OrgAdmin>,

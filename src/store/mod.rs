@@ -6,6 +6,8 @@
 mod sql;
 #[macro_use]
 mod ops_sql;
+#[macro_use]
+pub mod security;
 pub mod ops;
 #[macro_use]
 mod notify_sql;
@@ -137,6 +139,9 @@ pub struct AuditEntry {
     pub details: String,
     pub prev_hash: String,
     pub hash: String,
+    /// The id of the audit key whose HMAC `hash` is; `None` for entries written before
+    /// the chain was keyed (plain SHA-256).
+    pub key_id: Option<String>,
 }
 
 /// The newest link of an organization's audit chain.
@@ -156,7 +161,12 @@ pub struct Page {
 /// The storage interface. Implementations: [`SqliteStore`], [`PgStore`].
 #[async_trait]
 pub trait Store:
-    ops::OpsStore + notify::NotifyStore + schedules::ScheduleStore + Send + Sync
+    ops::OpsStore
+    + notify::NotifyStore
+    + schedules::ScheduleStore
+    + security::SecurityStore
+    + Send
+    + Sync
 {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> StoreResult<()>;
@@ -182,13 +192,6 @@ pub trait Store:
         now: DateTime<Utc>,
     ) -> StoreResult<Option<User>>;
     async fn revoke_token(&self, token_hash: &str, now: DateTime<Utc>) -> StoreResult<()>;
-    async fn record_login_failure(&self, keys: &[String], at: DateTime<Utc>) -> StoreResult<()>;
-    /// Failures recorded for a key since `since`, with the oldest one's time.
-    async fn login_failures_since(
-        &self,
-        key: &str,
-        since: DateTime<Utc>,
-    ) -> StoreResult<(i64, Option<DateTime<Utc>>)>;
     async fn clear_login_failures(&self, key: &str) -> StoreResult<()>;
 
     /// Inserts a patient and its audit entry in one transaction.

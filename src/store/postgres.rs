@@ -42,6 +42,16 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(30))
+            // Row-level security (migration 0005): a connection of Haven sees every
+            // organization unless a transaction narrows it to one (`scope_tx`).
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    sqlx::query("SELECT set_config('haven.organization_id', '*', false)")
+                        .execute(conn)
+                        .await?;
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(PgStore {
@@ -203,3 +213,8 @@ shared_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow, "postgres");
 ops_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
 notify_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
 schedules_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
+security_store_impl!(
+    PgStore,
+    "postgres",
+    "SELECT pg_advisory_xact_lock(hashtextextended($1, 8008))"
+);

@@ -193,6 +193,7 @@ macro_rules! shared_store_impl {
                     details: row.try_get("details")?,
                     prev_hash: row.try_get("prev_hash")?,
                     hash: row.try_get("hash")?,
+                    key_id: row.try_get("key_id")?,
                 })
             }
 
@@ -215,11 +216,12 @@ macro_rules! shared_store_impl {
                     Some(row) => (row.try_get("seq")?, row.try_get("hash")?),
                     None => (0, $crate::audit::GENESIS_HASH.to_string()),
                 };
-                let entry = $crate::audit::chain_next(new, seq, &hash);
+                let keys = $crate::audit::installed_keys()?;
+                let entry = $crate::audit::chain_next(new, seq, &hash, &keys)?;
                 sqlx::query(
                     "INSERT INTO audit_events (id, organization_id, seq, occurred_at, user_id, action, \
-                     resource_type, resource_id, operation_id, client_addr, outcome, details, prev_hash, hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                     resource_type, resource_id, operation_id, client_addr, outcome, details, prev_hash, hash, key_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
                 )
                 .bind(entry.id)
                 .bind(entry.organization_id)
@@ -235,6 +237,7 @@ macro_rules! shared_store_impl {
                 .bind(&entry.details)
                 .bind(&entry.prev_hash)
                 .bind(&entry.hash)
+                .bind(&entry.key_id)
                 .execute(&mut **tx)
                 .await?;
                 sqlx::query(
@@ -247,6 +250,64 @@ macro_rules! shared_store_impl {
                 .execute(&mut **tx)
                 .await?;
                 Ok(entry)
+            }
+
+            /// Narrows a transaction to one organization: on PostgreSQL, row-level security
+            /// (migration 0005) then hides every other organization's rows from it, even
+            /// from a query that forgot its `organization_id` condition. SQLite has no
+            /// row-level security; the conditions in the queries are its isolation.
+            async fn scope_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<()> {
+                if $backend == "postgres" {
+                    sqlx::query("SELECT set_config('haven.organization_id', $1, true)")
+                        .bind(org.to_string())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            /// A read-only transaction narrowed to one organization (see `scope_tx`).
+            async fn scoped_read(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<sqlx::Transaction<'_, $db>> {
+                let mut tx = self.reader().begin().await?;
+                Self::scope_tx(&mut tx, org).await?;
+                Ok(tx)
+            }
+
+            /// A write transaction narrowed to one organization (see `scope_tx`).
+            async fn scoped_write(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<sqlx::Transaction<'_, $db>> {
+                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                Self::scope_tx(&mut tx, org).await?;
+                Ok(tx)
+            }
+
+            /// `AND column IN (values)` for a list filter that is present. An empty list
+            /// selects nobody, never the whole organization.
+            fn push_in<'q, T>(qb: &mut sqlx::QueryBuilder<'q, $db>, column: &str, values: Option<&[T]>)
+            where
+                T: Clone + Send + 'q + sqlx::Encode<'q, $db> + sqlx::Type<$db>,
+            {
+                let Some(values) = values else {
+                    return;
+                };
+                if values.is_empty() {
+                    qb.push(" AND 1 = 0");
+                    return;
+                }
+                qb.push(format!(" AND {column} IN ("));
+                let mut list = qb.separated(", ");
+                for value in values {
+                    list.push_bind(value.clone());
+                }
+                qb.push(")");
             }
 
             fn push_filters(
@@ -273,22 +334,8 @@ macro_rules! shared_store_impl {
                 if let Some(t) = filters.updated_since {
                     qb.push(" AND updated_at >= ").push_bind(t);
                 }
-                if !filters.unhcr_numbers.is_empty() {
-                    qb.push(" AND unhcr_number IN (");
-                    let mut list = qb.separated(", ");
-                    for n in &filters.unhcr_numbers {
-                        list.push_bind(n.clone());
-                    }
-                    qb.push(")");
-                }
-                if !filters.patient_ids.is_empty() {
-                    qb.push(" AND id IN (");
-                    let mut list = qb.separated(", ");
-                    for id in &filters.patient_ids {
-                        list.push_bind(*id);
-                    }
-                    qb.push(")");
-                }
+                Self::push_in(qb, "unhcr_number", filters.unhcr_numbers.as_deref());
+                Self::push_in(qb, "id", filters.patient_ids.as_deref());
             }
         }
 
@@ -422,34 +469,6 @@ macro_rules! shared_store_impl {
                 Ok(())
             }
 
-            async fn record_login_failure(&self, keys: &[String], at: chrono::DateTime<chrono::Utc>) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
-                for key in keys {
-                    sqlx::query("INSERT INTO login_failures (throttle_key, failed_at) VALUES ($1, $2)")
-                        .bind(key)
-                        .bind(at)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn login_failures_since(
-                &self,
-                key: &str,
-                since: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<(i64, Option<chrono::DateTime<chrono::Utc>>)> {
-                let row: (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
-                    "SELECT COUNT(*), MIN(failed_at) FROM login_failures WHERE throttle_key = $1 AND failed_at > $2",
-                )
-                .bind(key)
-                .bind(since)
-                .fetch_one(self.reader())
-                .await?;
-                Ok(row)
-            }
-
             async fn clear_login_failures(&self, key: &str) -> $crate::store::StoreResult<()> {
                 sqlx::query("DELETE FROM login_failures WHERE throttle_key = $1")
                     .bind(key)
@@ -463,7 +482,7 @@ macro_rules! shared_store_impl {
                 patient: &$crate::domain::patient::Patient,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(patient.organization_id).await?;
                 let sql = format!(
                     "INSERT INTO patients ({}) VALUES ({})",
                     $crate::store::sql::PATIENT_COLUMNS,
@@ -493,7 +512,9 @@ macro_rules! shared_store_impl {
                     "SELECT {} FROM patients WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
                     $crate::store::sql::PATIENT_COLUMNS
                 );
-                let row = sqlx::query(&sql).bind(id).bind(org).fetch_optional(self.reader()).await?;
+                let mut tx = self.scoped_read(org).await?;
+                let row = sqlx::query(&sql).bind(id).bind(org).fetch_optional(&mut *tx).await?;
+                tx.commit().await?;
                 row.as_ref().map(Self::patient_from_row).transpose()
             }
 
@@ -513,7 +534,9 @@ macro_rules! shared_store_impl {
                     qb.push(" AND id > ").push_bind(after);
                 }
                 qb.push(" ORDER BY id LIMIT ").push_bind(page.limit);
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let mut tx = self.scoped_read(org).await?;
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                tx.commit().await?;
                 rows.iter().map(Self::patient_from_row).collect()
             }
 
@@ -526,7 +549,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(org).await?;
                 let sql = format!(
                     "UPDATE patients SET {}, version = version + 1, updated_at = $25 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL AND version = $26 \
@@ -568,7 +591,7 @@ macro_rules! shared_store_impl {
                 now: chrono::DateTime<chrono::Utc>,
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<()> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(org).await?;
                 let done = sqlx::query(
                     "UPDATE patients SET deleted_at = $3, updated_at = $3, version = version + 1 \
                      WHERE id = $1 AND organization_id = $2 AND deleted_at IS NULL",
@@ -598,13 +621,13 @@ macro_rules! shared_store_impl {
                 )
                 .bind(org)
                 .bind(unhcr_number)
-                .fetch_optional(self.reader())
+                .fetch_optional(&mut *self.scoped_read(org).await?)
                 .await?;
                 Ok(matches!(row, Some((id,)) if Some(id) != except))
             }
 
             async fn append_audit(&self, entry: $crate::store::NewAuditEntry) -> $crate::store::StoreResult<$crate::store::AuditEntry> {
-                let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                let mut tx = self.scoped_write(entry.organization_id).await?;
                 let entry = Self::append_audit_tx(&mut tx, entry).await?;
                 tx.commit().await?;
                 Ok(entry)
@@ -622,7 +645,7 @@ macro_rules! shared_store_impl {
                 .bind(org)
                 .bind(after_seq)
                 .bind(limit)
-                .fetch_all(self.reader())
+                .fetch_all(&mut *self.scoped_read(org).await?)
                 .await?;
                 rows.iter().map(Self::audit_from_row).collect()
             }
@@ -638,7 +661,7 @@ macro_rules! shared_store_impl {
                     qb.push(" AND id < ").push_bind(after);
                 }
                 qb.push(" ORDER BY id DESC LIMIT ").push_bind(page.limit);
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let rows = qb.build().fetch_all(&mut *self.scoped_read(org).await?).await?;
                 rows.iter().map(Self::audit_from_row).collect()
             }
 

@@ -38,6 +38,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // Deleted and replaced content is overwritten with zeros in the database
+            // file, so that it does not stay readable in free pages (issue 8).
+            .pragma("secure_delete", "on")
             .busy_timeout(Duration::from_secs(30));
         let write = SqlitePoolOptions::new()
             .max_connections(1)
@@ -165,3 +168,4 @@ shared_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite");
 ops_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 notify_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 schedules_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
+security_store_impl!(SqliteStore, "sqlite", "");

@@ -477,4 +477,65 @@ impl TestApp {
             .spawn()
             .expect("start haven worker")
     }
+
+    /// Schedules an import by multipart upload: the part `file` and text options.
+    pub async fn multipart_import(
+        &self,
+        token: &str,
+        bytes: Vec<u8>,
+        options: &[(&str, String)],
+    ) -> reqwest::Response {
+        let mut form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("camp.csv"),
+        );
+        for (name, value) in options {
+            form = form.text(name.to_string(), value.clone());
+        }
+        self.client
+            .post(self.url("/api/v2/bulk/import/schedule"))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("multipart POST")
+    }
+
+    /// An operation's error report as CSV (`Accept: text/csv`).
+    pub async fn error_report_csv(&self, token: &str, id: &str) -> String {
+        self.client
+            .get(self.url(&format!("/api/v2/bulk-operations/{id}/errors")))
+            .bearer_auth(token)
+            .header("accept", "text/csv")
+            .send()
+            .await
+            .expect("errors request")
+            .text()
+            .await
+            .expect("errors text")
+    }
+
+    /// `GET /api/v2/audit/verify` as the given admin.
+    pub async fn audit_verify(&self, token: &str) -> Value {
+        self.get(token, "/api/v2/audit/verify")
+            .await
+            .json()
+            .await
+            .expect("verify json")
+    }
+
+    /// A fresh organization whose admin logged in and created three patients: four
+    /// audit entries. Returns the organization and the admin's token.
+    pub async fn audited_history(&self) -> (Uuid, String) {
+        let org = self.create_org("Clinic").await;
+        let token = self.user_token(org, Role::Admin).await;
+        for name in ["Amina", "Leila", "Omar"] {
+            self.create_patient(
+                &token,
+                json!({"given_name": name, "family_name": "Test", "gender": "other"}),
+            )
+            .await;
+        }
+        (org, token)
+    }
 }

@@ -39,6 +39,8 @@ const IMPORT_FIELDS: [&str; 6] = [
     "file_name",
 ];
 
+/// Schedules an import: multipart with a `file` part, or JSON with `csv_data`.
+#[utoipa::path(post, path = "/api/v2/bulk/import/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content((crate::http::openapi::bodies::ImportIn = "application/json"), (Object = "multipart/form-data"))), security(("bearer" = ["bulk.import"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 413, description = "Too large"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 pub(super) async fn schedule_import(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkImport>,

@@ -12,14 +12,13 @@ mod rollback;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use self::import::schedule_import;
-use self::rollback::{rollback_delete, rollback_import, rollback_update};
 use super::error::{AppError, AppResult};
 use super::extract::{perm, AuthUser, JsonBody, Require};
 use super::AppState;
@@ -33,24 +32,30 @@ use crate::store::StoreError;
 /// Patients one request may name by id; larger selections use filters.
 const MAX_TARGET_IDS: usize = 10_000;
 
+/// Operations one operation may depend on.
+const MAX_DEPENDENCIES: usize = 100;
+
+/// Fields one export may name (a patient has 28; repeats are refused by `check_fields`).
+const MAX_EXPORT_FIELDS: usize = 100;
+
 /// Scheduling requests one user may make in a minute (SPEC 10).
 const MAX_SCHEDULES_PER_USER_MINUTE: i64 = 60;
 
 /// Scheduled operations an organization may have waiting (SPEC 10).
 const MAX_SCHEDULED_PER_ORG: i64 = 1_000;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v2/bulk/import/schedule",
-            post(schedule_import).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/api/v2/bulk/export/schedule", post(schedule_export))
-        .route("/api/v2/bulk/update/schedule", post(schedule_update))
-        .route("/api/v2/bulk/delete/schedule", post(schedule_delete))
-        .route("/api/v2/bulk/import/rollback/{id}", post(rollback_import))
-        .route("/api/v2/bulk/update/rollback/{id}", post(rollback_update))
-        .route("/api/v2/bulk/delete/rollback/{id}", post(rollback_delete))
+pub fn routes() -> OpenApiRouter<AppState> {
+    // The upload has its own limit (`--max-upload-bytes`), checked while it streams.
+    let (schemas, paths, import) = routes!(import::schedule_import);
+    let import = import.layer(axum::extract::DefaultBodyLimit::disable());
+    OpenApiRouter::new()
+        .routes((schemas, paths, import))
+        .routes(routes!(schedule_export))
+        .routes(routes!(schedule_update))
+        .routes(routes!(schedule_delete))
+        .routes(routes!(rollback::rollback_import))
+        .routes(routes!(rollback::rollback_update))
+        .routes(routes!(rollback::rollback_delete))
 }
 
 /// Options every scheduling request has.
@@ -144,6 +149,10 @@ fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Comm
     };
     let depends_on = match body.get("depends_on") {
         None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.len() > MAX_DEPENDENCIES => {
+            errors.push(too_many("depends_on", MAX_DEPENDENCIES));
+            Vec::new()
+        }
         Some(Value::Array(items)) => items
             .iter()
             .filter_map(|i| match i.as_str().map(Uuid::parse_str) {
@@ -177,6 +186,11 @@ fn parse_common(body: &Map<String, Value>, errors: &mut Vec<FieldError>) -> Comm
         depends_on,
         dry_run: bool_option(body, "dry_run", false, errors),
     }
+}
+
+/// A list option with more than `max` items.
+fn too_many(field: &str, max: usize) -> FieldError {
+    FieldError::new(field, "too_many", &format!("at most {max} items"))
 }
 
 fn reject_unknown(body: &Map<String, Value>, allowed: &[&str], errors: &mut Vec<FieldError>) {
@@ -357,7 +371,7 @@ async fn accept(
                 } => Some(*target_operation_id),
                 _ => None,
             },
-            idempotency_key: idempotency_key(headers),
+            idempotency_key: idempotency_key(headers)?,
             depends_on: common.depends_on,
         },
         now(),
@@ -418,12 +432,26 @@ fn created(status: StatusCode, op: &Operation) -> Response {
     (status, [(header::LOCATION, location)], Json(op.to_json())).into_response()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.trim().chars().take(200).collect::<String>())
-        .filter(|s| !s.is_empty())
+/// The longest `Idempotency-Key` accepted. A longer one is refused rather than cut:
+/// two keys that differ only after the cut would otherwise name one operation.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 200;
+
+fn idempotency_key(headers: &HeaderMap) -> AppResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let invalid =
+        |message: &str| AppError::invalid_field("Idempotency-Key", "invalid_value", message);
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("must be visible ASCII text"))?
+        .trim();
+    if text.chars().count() > MAX_IDEMPOTENCY_KEY_CHARS {
+        return Err(invalid(&format!(
+            "must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"
+        )));
+    }
+    Ok(Some(text.to_string()).filter(|s| !s.is_empty()))
 }
 
 /// The earlier operation for a repeated `Idempotency-Key`, and the scheduling limits.
@@ -432,7 +460,7 @@ pub(super) async fn preflight(
     caller: &AuthUser,
     headers: &HeaderMap,
 ) -> AppResult<Option<Response>> {
-    if let Some(key) = idempotency_key(headers) {
+    if let Some(key) = idempotency_key(headers)? {
         if let Some(op) = state
             .store
             .find_by_idempotency_key(caller.user.id, &key)
@@ -499,6 +527,10 @@ pub(crate) fn export_parameters(
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        Some(Value::Array(items)) if items.len() > MAX_EXPORT_FIELDS => {
+            errors.push(too_many("fields", MAX_EXPORT_FIELDS));
+            Vec::new()
+        }
         Some(v) => serde_json::from_value(v.clone()).unwrap_or_else(|_| {
             errors.push(FieldError::new(
                 "fields",
@@ -527,6 +559,8 @@ pub(crate) fn export_parameters(
     })
 }
 
+/// Schedules an export.
+#[utoipa::path(post, path = "/api/v2/bulk/export/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::ExportIn, content_type = "application/json"), security(("bearer" = ["bulk.export"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_export(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkExport>,
@@ -611,6 +645,8 @@ pub(crate) fn delete_parameters(
     Some(Parameters::Delete { targets })
 }
 
+/// Schedules an update.
+#[utoipa::path(post, path = "/api/v2/bulk/update/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::UpdateIn, content_type = "application/json"), security(("bearer" = ["bulk.update"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_update(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkUpdate>,
@@ -631,6 +667,8 @@ async fn schedule_update(
     accept(&state, &caller, &headers, common, params, new_id()).await
 }
 
+/// Schedules a delete.
+#[utoipa::path(post, path = "/api/v2/bulk/delete/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::DeleteIn, content_type = "application/json"), security(("bearer" = ["bulk.delete"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_delete(
     State(state): State<AppState>,
     Require(caller, ..): Require<perm::BulkDelete>,

@@ -134,7 +134,17 @@ async fn optional_body(request: Request) -> AppResult<Option<Map<String, Value>>
 }
 
 macro_rules! rollback_handler {
-    ($name:ident, $kind:expr) => {
+    ($name:ident, $kind:expr, $path:literal) => {
+        /// Schedules the rollback of a completed operation (202).
+        #[utoipa::path(post, path = $path, tag = "bulk",
+                    params(("id" = Uuid, Path, description = "The operation to roll back")),
+                    request_body(content = Option<crate::http::openapi::bodies::RollbackIn>, content_type = "application/json"),
+                    security(("bearer" = ["bulk.rollback"])),
+                    responses((status = 202, description = "Rollback scheduled"),
+                        (status = 404, description = "No such operation of this type"),
+                        (status = 409, description = "It cannot be rolled back"),
+                        (status = 401, description = "No valid token"),
+                        (status = 403, description = "The role lacks the permission")))]
         pub(super) async fn $name(
             State(state): State<AppState>,
             Require(caller, ..): Require<perm::BulkRollback>,
@@ -148,6 +158,18 @@ macro_rules! rollback_handler {
     };
 }
 
-rollback_handler!(rollback_import, OperationType::Import);
-rollback_handler!(rollback_update, OperationType::Update);
-rollback_handler!(rollback_delete, OperationType::Delete);
+rollback_handler!(
+    rollback_import,
+    OperationType::Import,
+    "/api/v2/bulk/import/rollback/{id}"
+);
+rollback_handler!(
+    rollback_update,
+    OperationType::Update,
+    "/api/v2/bulk/update/rollback/{id}"
+);
+rollback_handler!(
+    rollback_delete,
+    OperationType::Delete,
+    "/api/v2/bulk/delete/rollback/{id}"
+);
