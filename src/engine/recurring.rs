@@ -140,6 +140,10 @@ impl Engine {
             .await?;
         if fired {
             self.wake();
+        } else {
+            // Another process handled it, or the occurrence has its operation already
+            // (a schedule moved back by hand): either way, move on past it.
+            self.store.advance_schedule(s.id, due, plan.next).await?;
         }
         Ok((fired, plan.skipped))
     }

@@ -116,6 +116,18 @@ pub mod bodies {
         phone_number: Option<String>,
     }
 
+    /// A recurring schedule: `operation` holds `type` (export, update or delete) and that
+    /// type's options flat.
+    #[derive(ToSchema)]
+    pub struct ScheduleIn {
+        name: String,
+        cron: String,
+        timezone: Option<String>,
+        operation: HashMap<String, Value>,
+        enabled: Option<bool>,
+        missed: Option<String>,
+    }
+
     /// A webhook: where to, and which events.
     #[derive(ToSchema)]
     pub struct WebhookIn {

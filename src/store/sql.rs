@@ -82,6 +82,9 @@ pub fn classify(err: sqlx::Error) -> super::StoreError {
             if text.contains("idempotency") {
                 return super::StoreError::Duplicate("idempotency_key");
             }
+            if text.contains("occurrence") {
+                return super::StoreError::Duplicate("occurrence");
+            }
         }
     }
     super::StoreError::Database(err)

@@ -8,6 +8,7 @@
 
 mod import;
 mod rollback;
+pub(crate) mod schedules;
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -56,6 +57,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rollback::rollback_import))
         .routes(routes!(rollback::rollback_update))
         .routes(routes!(rollback::rollback_delete))
+        .merge(schedules::routes())
 }
 
 /// Options every scheduling request has.
@@ -75,7 +77,7 @@ const COMMON_FIELDS: [&str; 5] = [
     "dry_run",
 ];
 
-fn bool_option(
+pub(crate) fn bool_option(
     body: &Map<String, Value>,
     key: &str,
     default: bool,
@@ -347,6 +349,13 @@ async fn accept(
             ));
         }
     }
+    if dependencies_have_a_cycle(state, caller.org(), &common.depends_on).await? {
+        return Err(AppError::invalid_field(
+            "depends_on",
+            "cycle",
+            "these operations depend on each other in a cycle: none of them could ever start",
+        ));
+    }
     let sealed = state.engine.keyring.seal(
         &serde_json::to_vec(&params).map_err(|e| AppError::Internal(e.into()))?,
         &crate::engine::parameters_aad(id),
@@ -416,6 +425,60 @@ async fn accept(
         StatusCode::CREATED
     };
     Ok(created(status, &op))
+}
+
+/// Whether a cycle is reachable from `roots` in the dependency graph (depth-first, at
+/// most a few thousand operations). The API cannot create one, since an operation's
+/// dependencies exist before it; a hand-edited database can, and would leave every
+/// operation of the cycle waiting forever.
+async fn dependencies_have_a_cycle(state: &AppState, org: Uuid, roots: &[Uuid]) -> AppResult<bool> {
+    use std::collections::HashMap;
+    const LIMIT: usize = 5_000;
+    #[derive(PartialEq)]
+    enum Mark {
+        OnPath,
+        Done,
+    }
+    let mut marks: HashMap<Uuid, Mark> = HashMap::new();
+    let deps_of = |id: Uuid| async move {
+        Ok::<_, AppError>(
+            state
+                .store
+                .get_operation(org, id)
+                .await?
+                .map(|op| op.depends_on)
+                .unwrap_or_default(),
+        )
+    };
+    for root in roots {
+        if marks.contains_key(root) {
+            continue;
+        }
+        marks.insert(*root, Mark::OnPath);
+        let mut path = vec![(*root, deps_of(*root).await?)];
+        while let Some((node, pending)) = path.last_mut() {
+            let node = *node;
+            match pending.pop() {
+                None => {
+                    marks.insert(node, Mark::Done);
+                    path.pop();
+                }
+                Some(next) => match marks.get(&next) {
+                    Some(Mark::OnPath) => return Ok(true),
+                    Some(Mark::Done) => {}
+                    None => {
+                        if marks.len() >= LIMIT {
+                            return Ok(false);
+                        }
+                        marks.insert(next, Mark::OnPath);
+                        let deps = deps_of(next).await?;
+                        path.push((next, deps));
+                    }
+                },
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The answer to a scheduling request: 201, or 202 for a rollback (SPEC 4.6).
