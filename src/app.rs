@@ -88,7 +88,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 EngineSettings::from_config(&config),
             ));
             let (stop, stopped) = tokio::sync::watch::channel(false);
-            let notifier = start_notifier(engine.store.clone(), engine.keyring.clone(), &config)?;
+            let notifier = start_notifier(&engine, &config)?;
             let delivering = tokio::spawn(notifier.run(stopped.clone()));
             let loop_engine = engine.clone();
             tokio::spawn(checkpoint_wal_periodically(
@@ -286,7 +286,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let notifier = start_notifier(store.clone(), engine.keyring.clone(), &config)?;
+    let notifier = start_notifier(&engine, &config)?;
     let delivering = tokio::spawn(notifier.run(stopped.clone()));
     let hub = crate::notify::hub::EventHub::new();
     let feeding = tokio::spawn(hub.clone().run(store.clone(), stopped.clone()));
@@ -316,14 +316,14 @@ pub async fn serve(
 /// Builds the notification delivery workers of this process (every process delivers:
 /// deliveries are claimed with a lease, like operations).
 pub fn start_notifier(
-    store: Arc<dyn Store>,
-    keyring: Keyring,
+    engine: &Engine,
     config: &Config,
 ) -> anyhow::Result<Arc<crate::notify::delivery::Notifier>> {
     Ok(Arc::new(crate::notify::delivery::Notifier::new(
-        store,
-        keyring,
+        engine.store.clone(),
+        engine.keyring.clone(),
         crate::notify::NotifySettings::from_config(config),
+        engine.metrics.clone(),
     )?))
 }
 

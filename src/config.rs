@@ -60,6 +60,10 @@ pub struct Config {
     #[arg(long, env = "HAVEN_SMTP_URL", global = true)]
     pub smtp_url: Option<String>,
 
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this token>`.
+    #[arg(long, env = "HAVEN_METRICS_TOKEN", global = true)]
+    pub metrics_token: Option<String>,
+
     /// Sender address of notification mail.
     #[arg(
         long,

@@ -12,5 +12,6 @@ pub mod domain;
 pub mod engine;
 pub mod formats;
 pub mod http;
+pub mod metrics;
 pub mod notify;
 pub mod store;

@@ -78,6 +78,7 @@ pub struct Engine {
     /// Set when the process stops: running attempts release their operations at the
     /// next chunk so that another process takes over at once.
     stopping: AtomicBool,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why a run stopped early.
@@ -373,6 +374,7 @@ impl Engine {
             wake: Arc::new(Notify::new()),
             worker_id: format!("{}-{}", std::process::id(), Uuid::new_v4().simple()),
             stopping: AtomicBool::new(false),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 
@@ -493,7 +495,7 @@ impl Engine {
     }
 
     async fn claim(&self, want: usize) -> anyhow::Result<crate::store::ops::Claimed> {
-        Ok(self
+        let claimed = self
             .store
             .claim_due(
                 &self.worker_id,
@@ -501,7 +503,14 @@ impl Engine {
                 self.settings.max_per_org,
                 want,
             )
-            .await?)
+            .await?;
+        for op in claimed.operations.iter().filter(|o| o.attempt == 1) {
+            if let Some(started) = op.started_at {
+                let lag = (started - op.scheduled_at).num_milliseconds().max(0);
+                self.metrics.lag.observe(lag as f64 / 1000.0);
+            }
+        }
+        Ok(claimed)
     }
 
     /// How long to sleep: until the next due time, at most 1 s (operations scheduled
@@ -787,7 +796,16 @@ impl Engine {
         };
         let ending = finish.ending.clone();
         let published = finish.output_blob.clone();
+        let (completed_at, rows_per_second) = (
+            finish.completed_at,
+            finish
+                .result
+                .as_ref()
+                .and_then(|r| r.get("rows_per_second"))
+                .and_then(Value::as_f64),
+        );
         let finished = self.store.finish_operation(finish).await?;
+        self.observe_end(op, finished, &ending, completed_at, rows_per_second);
         match (finished, ending) {
             (Finished::Done, Ending::Final(_)) => {
                 // Replaced and deleted values stay readable in SQLite's write-ahead log
@@ -821,6 +839,52 @@ impl Engine {
             _ => {}
         }
         Ok(finished)
+    }
+}
+
+impl Engine {
+    /// Counts an attempt's end in the metrics of this process.
+    fn observe_end(
+        &self,
+        op: &Operation,
+        finished: Finished,
+        ending: &Ending,
+        completed_at: DateTime<Utc>,
+        rows_per_second: Option<f64>,
+    ) {
+        use crate::metrics::{TypeLabel, TypeStatus};
+        if finished != Finished::Done {
+            return;
+        }
+        let kind = TypeLabel {
+            r#type: op.op_type.as_str().into(),
+        };
+        match ending {
+            Ending::Final(status) => {
+                self.metrics
+                    .finished
+                    .get_or_create(&TypeStatus {
+                        r#type: op.op_type.as_str().into(),
+                        status: status.as_str().into(),
+                    })
+                    .inc();
+                if let Some(started) = op.started_at {
+                    let seconds =
+                        (completed_at - started).num_milliseconds().max(0) as f64 / 1000.0;
+                    self.metrics.duration.get_or_create(&kind).observe(seconds);
+                }
+                if let (Status::Completed, Some(rate)) = (status, rows_per_second) {
+                    self.metrics
+                        .rows_per_second
+                        .get_or_create(&kind)
+                        .observe(rate);
+                }
+            }
+            Ending::Retry { .. } | Ending::RetryUndo { .. } => {
+                self.metrics.retries.get_or_create(&kind).inc();
+            }
+            Ending::Release => {}
+        }
     }
 }
 

@@ -39,6 +39,11 @@ pub fn router(state: AppState) -> Router {
         .merge(health::start_page())
         .merge(api)
         .merge(notifications::websocket_route())
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            health::count_requests,
+        ))
+        .merge(health::metrics_route())
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
         // its `Allow` header). It applies to the routes present, so it comes last.

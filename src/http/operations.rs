@@ -23,6 +23,7 @@ use crate::formats::export::spreadsheet_safe;
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list))
+        .routes(routes!(stats))
         .routes(routes!(scheduled))
         .routes(routes!(status))
         .routes(routes!(cancel))
@@ -147,6 +148,67 @@ async fn cancel(
     }
     state.engine.wake();
     Ok(Json(op.to_json()))
+}
+
+/// Operations an organization's statistics look at, at most.
+const STATS_LIMIT: i64 = 100_000;
+
+/// The organization's operations over a window (`?since=`, default the last 24 hours):
+/// counts by status and type, average duration and throughput by type.
+#[utoipa::path(get, path = "/api/v2/bulk-operations/stats", tag = "operations", params(("since" = Option<String>, Query, description = "RFC 3339; default 24 hours ago")), security(("bearer" = ["bulk.read"])), responses((status = 200, description = "OK"), (status = 422, description = "Invalid input"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
+async fn stats(
+    State(state): State<AppState>,
+    Require(caller, ..): Require<perm::BulkRead>,
+    Query(query): Query<BTreeMap<String, String>>,
+) -> AppResult<Json<Value>> {
+    let since = match query.get("since").filter(|s| !s.is_empty()) {
+        None => now() - chrono::Duration::hours(24),
+        Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|_| {
+                AppError::invalid_field(
+                    "since",
+                    "invalid_timestamp",
+                    "must be RFC 3339, such as 2026-12-01T00:00:00Z",
+                )
+            })?
+            .with_timezone(&chrono::Utc),
+    };
+    let rows = state
+        .store
+        .operation_stats_rows(caller.org(), since, STATS_LIMIT)
+        .await?;
+    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, (i64, i64, f64, i64)> = BTreeMap::new();
+    for (op_type, status, started, completed, processed) in &rows {
+        *by_status.entry(status.clone()).or_default() += 1;
+        let entry = by_type.entry(op_type.clone()).or_default();
+        entry.0 += 1;
+        if let (Some(started), Some(completed), "completed") = (started, completed, status.as_str())
+        {
+            entry.1 += 1;
+            entry.2 += (*completed - *started).num_milliseconds().max(0) as f64 / 1000.0;
+            entry.3 += processed;
+        }
+    }
+    let types: serde_json::Map<String, Value> = by_type
+        .into_iter()
+        .map(|(op_type, (count, done, seconds, rows))| {
+            let average = (done > 0).then(|| seconds / done as f64);
+            let throughput = (seconds > 0.0).then(|| rows as f64 / seconds);
+            (
+                op_type,
+                json!({"count": count, "completed": done,
+                    "average_duration_seconds": average, "rows_per_second": throughput}),
+            )
+        })
+        .collect();
+    Ok(Json(json!({
+        "since": crate::domain::rfc3339(&since),
+        "operations": rows.len(),
+        "truncated": rows.len() as i64 == STATS_LIMIT,
+        "by_status": by_status,
+        "by_type": types,
+    })))
 }
 
 /// Why a cancel was refused, from the operation as it is now. The store checks the

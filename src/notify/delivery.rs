@@ -32,6 +32,7 @@ pub struct Notifier {
     http: reqwest::Client,
     worker_id: String,
     wake: Notify,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Notifier {
@@ -39,6 +40,7 @@ impl Notifier {
         store: Arc<dyn Store>,
         keyring: Keyring,
         settings: NotifySettings,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Self> {
         Ok(Notifier {
             mailer: Mailer::from_settings(&settings)?,
@@ -55,6 +57,7 @@ impl Notifier {
                 uuid::Uuid::new_v4().simple()
             ),
             wake: Notify::new(),
+            metrics,
         })
     }
 
@@ -123,6 +126,12 @@ impl Notifier {
                 error: "the delivery does not match its recipient".into(),
             },
         };
+        let outcome = match &result {
+            DeliveryResult::Delivered { .. } => "delivered",
+            DeliveryResult::Retry { .. } => "retry",
+            DeliveryResult::Failed { .. } => "failed",
+        };
+        self.metrics.delivery(&job.delivery.channel, outcome);
         if let DeliveryResult::Failed { error, .. } | DeliveryResult::Retry { error, .. } = &result
         {
             tracing::info!(delivery_id = %id, channel = %job.delivery.channel, attempt = job.delivery.attempts, error = %error, "notification not delivered");

@@ -200,6 +200,29 @@ pub trait OpsStore: Send + Sync {
         max_per_org: i64,
         want: usize,
     ) -> StoreResult<Claimed>;
+    /// For monitoring: operations by type and status, and how many scheduled ones are
+    /// due at `now` and how many wait for a later time.
+    async fn queue_counts(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(Vec<(String, String, i64)>, i64, i64)>;
+    /// For the statistics of an organization: (type, status, started_at, completed_at,
+    /// rows processed) of its operations created since `since`, at most `limit`.
+    #[allow(clippy::type_complexity)]
+    async fn operation_stats_rows(
+        &self,
+        org: Uuid,
+        since: DateTime<Utc>,
+        limit: i64,
+    ) -> StoreResult<
+        Vec<(
+            String,
+            String,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+            i64,
+        )>,
+    >;
     /// The earliest time something becomes due (scheduled, retry or expired lease).
     async fn next_due_at(&self) -> StoreResult<Option<DateTime<Utc>>>;
     /// Cancels scheduled operations whose dependency failed, was cancelled or rolled

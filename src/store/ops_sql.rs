@@ -571,6 +571,49 @@ macro_rules! ops_store_impl {
                 Ok(claimed)
             }
 
+            async fn queue_counts(
+                &self,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::store::StoreResult<(Vec<(String, String, i64)>, i64, i64)> {
+                let counts: Vec<(String, String, i64)> = sqlx::query_as(
+                    "SELECT type, status, COUNT(*) FROM bulk_operations GROUP BY type, status ORDER BY type, status",
+                )
+                .fetch_all(self.reader())
+                .await?;
+                let (due,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM bulk_operations WHERE status = 'scheduled' AND scheduled_at <= $1",
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await?;
+                let (waiting,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM bulk_operations WHERE status = 'scheduled' AND scheduled_at > $1",
+                )
+                .bind(now)
+                .fetch_one(self.reader())
+                .await?;
+                Ok((counts, due, waiting))
+            }
+
+            async fn operation_stats_rows(
+                &self,
+                org: uuid::Uuid,
+                since: chrono::DateTime<chrono::Utc>,
+                limit: i64,
+            ) -> $crate::store::StoreResult<
+                Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>, Option<chrono::DateTime<chrono::Utc>>, i64)>,
+            > {
+                Ok(sqlx::query_as(
+                    "SELECT type, status, started_at, completed_at, progress_processed FROM bulk_operations \
+                     WHERE organization_id = $1 AND created_at >= $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(org)
+                .bind(since)
+                .bind(limit)
+                .fetch_all(self.reader())
+                .await?)
+            }
+
             async fn next_due_at(&self) -> $crate::store::StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
                 type T = Option<chrono::DateTime<chrono::Utc>>;
                 let (a,): (T,) = sqlx::query_as(
