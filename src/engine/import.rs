@@ -269,7 +269,10 @@ async fn import_rows(
         if chunks == 2 && !dry_run {
             // Once, early: the lookup by UNHCR number must be planned on the index even
             // when the organization had few patients before this import.
-            run.engine.store.refresh_statistics().await?;
+            // Best effort: a concurrent ANALYZE (autovacuum) may hold the lock.
+            if let Err(e) = run.engine.store.refresh_statistics().await {
+                tracing::debug!(error = %e, "refreshing planner statistics skipped");
+            }
         }
         if cancel_requested {
             return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
