@@ -150,17 +150,39 @@ impl SqliteStore {
         Ok(None)
     }
 
-    /// SQLite has no channel between processes: they poll.
-    async fn watch_queue_impl(&self, _on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
-        Ok(())
+    /// SQLite has no channel between processes. A dedicated connection reads
+    /// `PRAGMA data_version` every 50 ms (a cheap in-memory read that changes when
+    /// another connection commits) and calls `on_change` when it moves: another process
+    /// that schedules or finishes an operation is noticed within ~50 ms, without busy
+    /// polling of the tables.
+    async fn watch_queue_impl(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
+        self.watch_data_version(on_change).await
     }
 
     async fn watch_channel_impl(
         &self,
         _channel: &str,
-        _on_change: &(dyn Fn() + Send + Sync),
+        on_change: &(dyn Fn() + Send + Sync),
     ) -> StoreResult<()> {
-        Ok(())
+        self.watch_data_version(on_change).await
+    }
+
+    async fn watch_data_version(&self, on_change: &(dyn Fn() + Send + Sync)) -> StoreResult<()> {
+        use sqlx::ConnectOptions;
+        let mut conn = self.read.connect_options().connect().await?;
+        let mut seen: i64 = sqlx::query_scalar("PRAGMA data_version")
+            .fetch_one(&mut conn)
+            .await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let now: i64 = sqlx::query_scalar("PRAGMA data_version")
+                .fetch_one(&mut conn)
+                .await?;
+            if now != seen {
+                seen = now;
+                on_change();
+            }
+        }
     }
 }
 
