@@ -266,7 +266,7 @@ pub async fn serve(
         config,
         engine,
         hub,
-    });
+    })?;
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -14,3 +14,4 @@ pub mod formats;
 pub mod http;
 pub mod notify;
 pub mod store;
+pub mod web;

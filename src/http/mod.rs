@@ -28,8 +28,8 @@ pub struct AppState {
     pub hub: crate::notify::hub::EventHub,
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The API's routes.
+fn api_routes() -> Router<AppState> {
     Router::new()
         .merge(health::routes())
         .merge(auth::routes())
@@ -39,13 +39,25 @@ pub fn router(state: AppState) -> Router {
         .merge(operations::routes())
         .merge(notifications::routes())
         .merge(webhooks::routes())
+}
+
+/// The JSON 404 and 405 answers; they apply to the routes present, so they come last.
+fn with_fallbacks(routes: Router<AppState>) -> Router<AppState> {
+    routes
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
-        // its `Allow` header). It applies to the routes present, so it comes last.
+        // its `Allow` header).
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             error::AppError::MethodNotAllowed(method.to_string())
         })
-        .with_state(state)
+}
+
+/// The whole API and the web UI. The web UI sends what its forms change through the
+/// API router itself (in-process, see `crate::web::forward`), so it gets its own copy.
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let api = with_fallbacks(api_routes()).with_state(state.clone());
+    let web = crate::web::routes(api)?;
+    Ok(with_fallbacks(api_routes().merge(web)).with_state(state))
 }
 
 /// The cursor of the next page: the last item's id when the page is full.

@@ -10,6 +10,9 @@ pub mod ops;
 #[macro_use]
 mod notify_sql;
 pub mod notify;
+// The web UI's own queries (users, one operation's audit trail).
+#[macro_use]
+pub mod web_sql;
 mod postgres;
 mod sqlite;
 
@@ -152,7 +155,7 @@ pub struct Page {
 
 /// The storage interface. Implementations: [`SqliteStore`], [`PgStore`].
 #[async_trait]
-pub trait Store: ops::OpsStore + notify::NotifyStore + Send + Sync {
+pub trait Store: ops::OpsStore + notify::NotifyStore + web_sql::WebStore + Send + Sync {
     /// Applies the embedded migrations of this backend.
     async fn migrate(&self) -> StoreResult<()>;
     /// Checks that the database answers (readiness).

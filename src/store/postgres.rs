@@ -202,3 +202,4 @@ impl PgStore {
 shared_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow, "postgres");
 ops_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
 notify_store_impl!(PgStore, Postgres, sqlx::postgres::PgRow);
+web_store_impl!(PgStore);

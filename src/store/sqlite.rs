@@ -164,3 +164,4 @@ impl SqliteStore {
 shared_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow, "sqlite");
 ops_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 notify_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
+web_store_impl!(SqliteStore);

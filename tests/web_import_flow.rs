@@ -1,0 +1,257 @@
+//! The web UI in a real browser: a data manager logs in, uploads a CSV, schedules the
+//! import two seconds ahead with email on, and watches the dashboard show it scheduled,
+//! running and completed without reloading; then rolls it back from the dashboard.
+
+mod common;
+mod web_support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use common::TestApp;
+use haven::domain::permission::Role;
+use serde_json::json;
+use web_support::{patients_csv, user, Browser};
+
+/// Rows in the uploaded file: enough for the import to run for a while, so the
+/// dashboard can show it running.
+const ROWS: usize = 60_000;
+
+async fn import_schedule_watch_and_roll_back(app: TestApp) {
+    let org = app.create_org("Kakuma Clinic").await;
+    let email = user(&app, org, Role::DataManager).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("kakuma-registration.csv");
+    std::fs::write(&file, patients_csv(ROWS)).expect("csv");
+
+    let browser = Browser::start(1280).await;
+    browser.log_in(&app.base, &email).await;
+    assert!(browser.text("body").await.contains("Nothing is scheduled."));
+
+    // The import form: the file first, its preview with the detected mapping.
+    browser.click("a[href='/import']").await;
+    browser.find("#import-form").await;
+    let file_input = browser.find("#file").await;
+    file_input
+        .send_keys(&file.display().to_string())
+        .await
+        .expect("choose the file");
+    browser
+        .wait_for(
+            "the preview of the file",
+            "var p = document.getElementById('preview'); return !!p && !p.hidden && document.querySelectorAll('#preview-table tbody tr').length === 5;",
+        )
+        .await;
+    let preview = browser.text("#preview-table").await;
+    assert!(
+        preview.contains("given_name") && preview.contains("Amina0"),
+        "{preview}"
+    );
+    let mapped = browser
+        .js(
+            "return Array.from(document.querySelectorAll('#preview-table select')).map(function (s) { return s.value; });",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        mapped,
+        json!([
+            "given_name",
+            "family_name",
+            "gender",
+            "date_of_birth",
+            "unhcr_number",
+            "current_camp"
+        ]),
+        "the detected mapping"
+    );
+    // Email on by default; dry run off.
+    assert_eq!(
+        browser
+            .js("return [document.getElementById('email_notification').checked, document.getElementById('dry_run').checked];", vec![])
+            .await,
+        json!([true, false])
+    );
+    browser.screenshot("import-form").await;
+
+    // Schedule for later: two seconds ahead, in Nairobi time.
+    let at = (Utc::now() + chrono::Duration::seconds(2)).with_timezone(&chrono_tz::Africa::Nairobi);
+    browser
+        .schedule_later(
+            "Africa/Nairobi",
+            &at.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        )
+        .await;
+    browser.click("#import-form button[type=submit]").await;
+
+    // The dashboard: the new operation highlighted, scheduled.
+    let id = browser.highlighted().await;
+    let notice = browser.text("#notice").await;
+    assert!(notice.contains("scheduled"), "{notice}");
+    // Every status the row takes from now on, and a mark that a reload would erase.
+    browser
+        .js(
+            "window.__noReload = true; window.__seen = [];
+             var seen = function () {
+               var row = document.getElementById('op-' + arguments[0]);
+               if (row) {
+                 var s = row.getAttribute('data-section') + ':' + row.getAttribute('data-status');
+                 if (window.__seen[window.__seen.length - 1] !== s) { window.__seen.push(s); }
+               }
+             };
+             var id = arguments[0];
+             seen(id);
+             new MutationObserver(function () { seen(id); }).observe(document.getElementById('main'), {subtree: true, childList: true, attributes: true});",
+            vec![json!(id)],
+        )
+        .await;
+    let first = browser.js("return window.__seen[0];", vec![]).await;
+    assert_eq!(
+        first,
+        json!("scheduled:scheduled"),
+        "shown as scheduled first"
+    );
+    let op_row = format!("#op-{id}");
+    assert!(browser.text(&op_row).await.contains("Scheduled"));
+
+    // Running, with its progress bar, then completed: without reloading.
+    browser
+        .wait_for(
+            "the import running",
+            &format!("var r = document.getElementById('op-{id}'); return !!r && r.getAttribute('data-status') !== 'scheduled';"),
+        )
+        .await;
+    if browser
+        .js(
+            &format!("return !!document.querySelector('#op-{id} progress');"),
+            vec![],
+        )
+        .await
+        == json!(true)
+    {
+        browser.screenshot("dashboard-running").await;
+    }
+    browser
+        .wait_for(
+            "the import completed",
+            &format!("var r = document.getElementById('op-{id}'); return !!r && r.getAttribute('data-status') === 'completed';"),
+        )
+        .await;
+    let seen = browser.js("return window.__seen;", vec![]).await;
+    assert_eq!(
+        seen,
+        json!([
+            "scheduled:scheduled",
+            "running:processing",
+            "finished:completed"
+        ]),
+        "the statuses the row showed"
+    );
+    assert_eq!(
+        browser
+            .js("return window.__noReload === true;", vec![])
+            .await,
+        json!(true),
+        "no reload"
+    );
+    let row = browser.text(&op_row).await;
+    assert!(row.contains("Completed"), "{row}");
+    assert!(
+        row.contains(&format!("{ROWS} rows: {ROWS} imported")),
+        "{row}"
+    );
+    assert!(
+        row.contains("Roll back") && row.contains("possible for 23 h"),
+        "{row}"
+    );
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM patients WHERE deleted_at IS NULL")
+            .await,
+        ROWS as i64
+    );
+    // The live region told screen readers.
+    let live = browser.text("#live").await;
+    assert!(
+        live.contains("Import") && live.contains("Completed"),
+        "{live:?}"
+    );
+    browser.screenshot("dashboard").await;
+
+    // Roll it back from the dashboard.
+    browser
+        .click(&format!("#op-{id} form[action$='/rollback'] button"))
+        .await;
+    browser
+        .client
+        .accept_alert()
+        .await
+        .expect("confirm the rollback");
+    browser
+        .wait_for(
+            "the rollback notice",
+            "var n = document.getElementById('notice'); return !!n && n.textContent.indexOf('rollback') >= 0;",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the import rolled back",
+            &format!("var r = document.getElementById('op-{id}'); return !!r && r.getAttribute('data-status') === 'rolled_back';"),
+        )
+        .await;
+    assert!(browser.text(&op_row).await.contains("Rolled back"));
+    assert_eq!(
+        app.count("SELECT COUNT(*) FROM patients WHERE deleted_at IS NULL")
+            .await,
+        0
+    );
+
+    // The operation page tells the whole story, without patient data.
+    browser.goto(&format!("{}/operations/{id}", app.base)).await;
+    let page = browser.text("main").await;
+    for expected in [
+        "Import operation",
+        "Rolled back",
+        "operation.schedule",
+        "operation.rolled_back",
+        "create",
+    ] {
+        assert!(page.contains(expected), "{expected} in:\n{page}");
+    }
+    assert!(
+        !page.contains("Amina"),
+        "no patient data on the operation page"
+    );
+    browser.screenshot("operation").await;
+    browser.close().await;
+
+    // Email was on: the confirmation and the completion went out (to the outbox).
+    let outbox = app.dir.path().join("outbox");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mails: Vec<String> = std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter(|m| m.contains(&id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if mails.len() >= 2 {
+            assert!(
+                mails.iter().any(|m| m.contains("scheduled")),
+                "a confirmation mail"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mails about {id}: {mails:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+dual_test!(
+    a_data_manager_imports_watches_it_live_and_rolls_it_back,
+    |app: TestApp| async move { import_schedule_watch_and_roll_back(app).await }
+);
