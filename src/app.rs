@@ -71,7 +71,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("This password is shown once. Change it after logging in.");
                 }
             }
-            println!("Haven is listening on http://{addr}/ (API under http://{addr}/api/v2/)");
+            println!(
+                "Haven is listening on http://{addr}/ (open it in a browser to log in; API under http://{addr}/api/v2/)"
+            );
             let engine = start_engine(store.clone(), keyring, &config)?;
             serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)

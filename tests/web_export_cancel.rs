@@ -1,5 +1,6 @@
 //! The web UI in a real browser: schedule an export for tomorrow with the minimal
-//! fields preselected, then cancel it from the dashboard.
+//! fields preselected, a second one waiting for it, then cancel the first from the
+//! dashboard (and the second goes with it).
 
 mod common;
 mod web_support;
@@ -95,6 +96,23 @@ async fn export_for_later_then_cancel(app: TestApp) {
         "scheduled for the chosen minute"
     );
 
+    // A second export waits for the first: the form lists the scheduled one.
+    browser.click("a[href='/export']").await;
+    browser.click(&format!("#dep-{id}")).await;
+    browser
+        .click("form[action='/export'] button[type=submit]")
+        .await;
+    let waiting = browser.highlighted().await;
+    assert_ne!(waiting, id);
+    let second = app
+        .store
+        .get_operation(org, uuid::Uuid::parse_str(&waiting).expect("uuid"))
+        .await
+        .expect("read")
+        .expect("op");
+    assert_eq!(second.depends_on, vec![op.id], "depends on the first");
+
+    // Cancelling the first cancels the one waiting for it.
     browser
         .click(&format!("#op-{id} form[action$='/cancel'] button"))
         .await;
@@ -113,6 +131,12 @@ async fn export_for_later_then_cancel(app: TestApp) {
             .is_empty(),
         "no cancel button on a cancelled operation"
     );
+    browser
+        .wait_for(
+            "the dependant cancelled too",
+            &format!("var r = document.getElementById('op-{waiting}'); return !!r && r.getAttribute('data-status') === 'cancelled';"),
+        )
+        .await;
     assert_eq!(browser.text("[data-count-for=scheduled]").await, "(0)");
     browser.close().await;
 }

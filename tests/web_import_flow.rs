@@ -74,40 +74,30 @@ async fn import_schedule_watch_and_roll_back(app: TestApp) {
     );
     browser.screenshot("import-form").await;
 
-    // Schedule for later: two seconds ahead, in Nairobi time.
-    let at = (Utc::now() + chrono::Duration::seconds(2)).with_timezone(&chrono_tz::Africa::Nairobi);
+    // Schedule for later: two seconds ahead (the picker takes whole seconds: the next
+    // whole second after that), in Nairobi time; the time is set and the form sent at once.
+    browser.click("#when-later").await;
+    browser.fill("#timezone", "Africa/Nairobi").await;
+    let at = Utc::now() + chrono::Duration::milliseconds(3000);
+    let at = at.with_timezone(&chrono_tz::Africa::Nairobi);
     browser
-        .schedule_later(
-            "Africa/Nairobi",
-            &at.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        .js(
+            "document.getElementById('scheduled_local').value = arguments[0];
+             document.querySelector('#import-form button[type=submit]').click();",
+            vec![json!(at.format("%Y-%m-%dT%H:%M:%S").to_string())],
         )
         .await;
-    browser.click("#import-form button[type=submit]").await;
 
     // The dashboard: the new operation highlighted, scheduled.
     let id = browser.highlighted().await;
     let notice = browser.text("#notice").await;
     assert!(notice.contains("scheduled"), "{notice}");
-    // Every status the row takes from now on, and a mark that a reload would erase.
-    browser
-        .js(
-            "window.__noReload = true; window.__seen = [];
-             var seen = function () {
-               var row = document.getElementById('op-' + arguments[0]);
-               if (row) {
-                 var s = row.getAttribute('data-section') + ':' + row.getAttribute('data-status');
-                 if (window.__seen[window.__seen.length - 1] !== s) { window.__seen.push(s); }
-               }
-             };
-             var id = arguments[0];
-             seen(id);
-             new MutationObserver(function () { seen(id); }).observe(document.getElementById('main'), {subtree: true, childList: true, attributes: true});",
-            vec![json!(id)],
-        )
-        .await;
-    let first = browser.js("return window.__seen[0];", vec![]).await;
+    // A mark that a reload would erase; the row's states are recorded from the page's
+    // first render on (see `web_support::RECORD_ROWS`).
+    browser.js("window.__noReload = true;", vec![]).await;
+    let first = browser.seen(&id).await;
     assert_eq!(
-        first,
+        first[0],
         json!("scheduled:scheduled"),
         "shown as scheduled first"
     );
@@ -137,7 +127,7 @@ async fn import_schedule_watch_and_roll_back(app: TestApp) {
             &format!("var r = document.getElementById('op-{id}'); return !!r && r.getAttribute('data-status') === 'completed';"),
         )
         .await;
-    let seen = browser.js("return window.__seen;", vec![]).await;
+    let seen = browser.seen(&id).await;
     assert_eq!(
         seen,
         json!([

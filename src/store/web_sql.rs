@@ -17,6 +17,9 @@ pub trait WebStore: Send + Sync {
     async fn list_users(&self, org: Uuid) -> StoreResult<Vec<User>>;
     /// The audit entries about one operation of the organization, oldest first.
     async fn operation_trail(&self, org: Uuid, operation_id: Uuid) -> StoreResult<Vec<AuditEntry>>;
+    /// The organization's newest operation event: a page read after it asks the
+    /// WebSocket for what happened since (`?after=`), so nothing falls between.
+    async fn latest_event_id(&self, org: Uuid) -> StoreResult<Option<Uuid>>;
 }
 
 /// Implements [`WebStore`] for a backend that has `reader()` and `audit_from_row`.
@@ -53,6 +56,20 @@ macro_rules! web_store_impl {
                 .fetch_all(self.reader())
                 .await?;
                 rows.iter().map(Self::audit_from_row).collect()
+            }
+
+            async fn latest_event_id(
+                &self,
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<Option<uuid::Uuid>> {
+                let row: Option<(uuid::Uuid,)> = sqlx::query_as(
+                    "SELECT id FROM operation_events WHERE organization_id = $1 \
+                     ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(org)
+                .fetch_optional(self.reader())
+                .await?;
+                Ok(row.map(|(id,)| id))
             }
         }
     };

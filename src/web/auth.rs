@@ -17,10 +17,18 @@ use super::session;
 use super::Web;
 use crate::http::AppState;
 
-/// Where to go after logging in: a path of this site only.
+/// Where to go after logging in: a path of this site only (browsers drop tabs and
+/// newlines from URLs, so `/\t/example.org` would become `//example.org`: any
+/// whitespace, control character or backslash is refused).
 fn safe_next(next: Option<&String>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.chars().all(|c| c.is_ascii_graphic() && c != '\\') =>
+        {
+            n.clone()
+        }
         _ => "/".to_string(),
     }
 }
@@ -128,4 +136,26 @@ pub async fn logout(
         response.headers_mut().append(header::SET_COOKIE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_paths_of_this_site_are_followed_after_logging_in() {
+        let next = |s: &str| safe_next(Some(&s.to_string()));
+        assert_eq!(next("/operations/1"), "/operations/1");
+        for bad in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/\\evil",
+            "https://evil.example",
+            "/\n/x",
+            "",
+        ] {
+            assert_eq!(next(bad), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
 }

@@ -47,7 +47,7 @@ async fn sections(
 ) -> Result<(Vec<Operation>, Vec<Operation>, Vec<Operation>), crate::store::StoreError> {
     let mut scheduled = state.store.list_scheduled(org).await?;
     scheduled.truncate(SECTION_ROWS as usize);
-    let running = state
+    let mut running = state
         .store
         .list_operations(org, Some(Status::Processing), None, &page(SECTION_ROWS))
         .await?;
@@ -68,6 +68,15 @@ async fn sections(
     // Newest first (ids are UUID v7, so by creation time).
     finished.sort_by_key(|op| std::cmp::Reverse(op.id));
     finished.truncate(FINISHED_ROWS);
+    // The lists were read one after the other: an operation that moved on meanwhile is
+    // in two of them; the later read is the newer state.
+    let later: HashSet<Uuid> = finished.iter().map(|op| op.id).collect();
+    running.retain(|op| !later.contains(&op.id));
+    let later: HashSet<Uuid> = later
+        .into_iter()
+        .chain(running.iter().map(|op| op.id))
+        .collect();
+    scheduled.retain(|op| !later.contains(&op.id));
     Ok((scheduled, running, finished))
 }
 
@@ -98,9 +107,12 @@ async fn render_dashboard(
     web: &Web,
     user: &WebUser,
     query: &HashMap<String, String>,
-    error: Option<String>,
+    error: Option<(StatusCode, String)>,
 ) -> Response {
     let org = user.caller.org();
+    // Read before the operations: the script asks the WebSocket for every event after
+    // this one, so a change between this read and its connection is not missed.
+    let last_event = state.store.latest_event_id(org).await.ok().flatten();
     let (scheduled, running, finished) = match sections(state, org).await {
         Ok(s) => s,
         Err(e) => return crate::http::error::AppError::from(e).into_response(),
@@ -113,10 +125,9 @@ async fn render_dashboard(
     };
     let highlight = query.get("highlight").and_then(|h| Uuid::parse_str(h).ok());
     let ctx = page_context(state, user, "dashboard").await;
-    let status = if error.is_some() {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::OK
+    let (status, error) = match error {
+        Some((status, message)) => (status, Some(message)),
+        None => (StatusCode::OK, None),
     };
     web.templates.render_with(
         status,
@@ -128,6 +139,7 @@ async fn render_dashboard(
                 "running": rows(&running),
                 "finished": rows(&finished),
                 "highlight": highlight,
+                "last_event": last_event,
                 "notice": notice(query.get("notice")),
                 "error": error,
             }),
@@ -251,6 +263,7 @@ pub async fn operation_page(
     PathId(id): PathId,
 ) -> Response {
     let org = user.caller.org();
+    let last_event = state.store.latest_event_id(org).await.ok().flatten();
     let op = match find(&state, &user, id).await {
         Ok(Some(op)) => op,
         Ok(None) => {
@@ -302,6 +315,7 @@ pub async fn operation_page(
                 "row_errors": errors,
                 "trail": trail,
                 "conflicts": conflicts,
+                "last_event": last_event,
             }),
         ),
     )
@@ -329,7 +343,8 @@ pub async fn cancel(
         };
         return Redirect::to(&format!("/?notice={code}&highlight={id}")).into_response();
     }
-    render_dashboard(&state, &web, &user, &HashMap::new(), Some(answer.message())).await
+    let refusal = Some((answer.status, answer.message()));
+    render_dashboard(&state, &web, &user, &HashMap::new(), refusal).await
 }
 
 /// Starts a rollback through the API (the endpoint of the target's type).
@@ -366,7 +381,8 @@ pub async fn rollback(
         let new_id = answer.body["id"].as_str().unwrap_or_default().to_string();
         return Redirect::to(&format!("/?notice=rollback&highlight={new_id}")).into_response();
     }
-    render_dashboard(&state, &web, &user, &HashMap::new(), Some(answer.message())).await
+    let refusal = Some((answer.status, answer.message()));
+    render_dashboard(&state, &web, &user, &HashMap::new(), refusal).await
 }
 
 /// The export file, streamed from the API's download endpoint (audited there).

@@ -193,7 +193,7 @@ pub async fn patients(
         .filter(|f| !IDENTIFYING_FILTERS.contains(f))
         .filter_map(|f| {
             query
-                .get(*f)
+                .get(&format!("filters.{f}"))
                 .map(|v| v.trim())
                 .filter(|v| !v.is_empty())
                 .map(|v| (f.to_string(), v.to_string()))
@@ -236,7 +236,7 @@ pub async fn patients(
     let next_query = next.map(|id| {
         let mut q: Vec<String> = chosen
             .iter()
-            .map(|(k, v)| format!("{k}={}", super::url_encode(v)))
+            .map(|(k, v)| format!("filters.{k}={}", super::url_encode(v)))
             .collect();
         q.push(format!("cursor={id}"));
         q.join("&")

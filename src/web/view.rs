@@ -135,6 +135,18 @@ pub fn result_summary(op: &Operation) -> Option<String> {
     })
 }
 
+/// "45 % (4500 of 10000)", "1200 rows so far", or "starting…" for a running operation.
+pub fn progress_text(op: &Operation) -> String {
+    match op.progress_total {
+        Some(total) if total > 0 => {
+            let percent = (op.progress_processed as f64 * 100.0 / total as f64).min(100.0);
+            format!("{percent:.0} % ({} of {total})", op.progress_processed)
+        }
+        _ if op.progress_processed > 0 => format!("{} so far", op.progress_processed),
+        _ => "starting…".to_string(),
+    }
+}
+
 /// The rollback window still open for a completed operation, if any.
 fn rollback_left(op: &Operation, config: &Config) -> Option<chrono::Duration> {
     if op.status != Status::Completed || op.dry_run {
@@ -216,6 +228,7 @@ pub fn operation(
         "started_at": opt_time(&op.started_at, user.tz),
         "completed_at": opt_time(&op.completed_at, user.tz),
         "progress": api["progress"],
+        "progress_text": progress_text(op),
         "result_summary": result_summary(op),
         "error_message": op.error_message,
         "target_operation_id": op.target_operation_id,

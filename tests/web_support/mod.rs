@@ -21,6 +21,50 @@ pub const PASSWORD: &str = "correct-horse-battery-staple";
 /// How long a test waits for something the page should show.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A Chrome DevTools command sent through chromedriver (`goog/cdp/execute`).
+#[derive(Debug)]
+struct Cdp {
+    cmd: &'static str,
+    params: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for Cdp {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (axum::http::Method, Option<String>) {
+        (
+            axum::http::Method::POST,
+            Some(json!({"cmd": self.cmd, "params": self.params}).to_string()),
+        )
+    }
+}
+
+/// Records, from the first render of every page on, each `section:status` an
+/// operation row shows (`window.__seen[id]`), so a test sees the states a row went
+/// through even before it could look.
+const RECORD_ROWS: &str = "window.__seen = {};
+document.addEventListener('DOMContentLoaded', function () {
+  function record() {
+    document.querySelectorAll('li.op').forEach(function (row) {
+      var id = row.getAttribute('data-id');
+      var state = row.getAttribute('data-section') + ':' + row.getAttribute('data-status');
+      var list = window.__seen[id] || (window.__seen[id] = []);
+      if (list[list.length - 1] !== state) { list.push(state); }
+    });
+  }
+  record();
+  new MutationObserver(record).observe(document.body, {subtree: true, childList: true, attributes: true});
+});";
+
 pub struct Browser {
     pub client: Client,
     driver: tokio::process::Child,
@@ -87,11 +131,18 @@ impl Browser {
                 .await
             {
                 Ok(client) => {
+                    client
+                        .issue_cmd(Cdp {
+                            cmd: "Page.addScriptToEvaluateOnNewDocument",
+                            params: json!({"source": RECORD_ROWS}),
+                        })
+                        .await
+                        .expect("install the row recorder");
                     return Browser {
                         client,
                         driver,
                         _profile: profile,
-                    }
+                    };
                 }
                 Err(e) => {
                     last_error = Some(e);
@@ -206,6 +257,15 @@ impl Browser {
         .as_str()
         .expect("id")
         .to_string()
+    }
+
+    /// The `section:status` states the row of operation `id` has shown on this page.
+    pub async fn seen(&self, id: &str) -> Value {
+        self.js(
+            "return (window.__seen || {})[arguments[0]] || [];",
+            vec![json!(id)],
+        )
+        .await
     }
 
     /// Logs in through the log-in page and lands on the dashboard.

@@ -262,7 +262,8 @@
         var target = document.getElementById('section-' + row.getAttribute('data-section'));
         var before = old ? old.getAttribute('data-status') : null;
         if (target) {
-          if (old) { old.parentNode.removeChild(old); }
+          var copies = document.querySelectorAll('li.op[data-id="' + id + '"]');
+          for (var i = 0; i < copies.length; i++) { copies[i].parentNode.removeChild(copies[i]); }
           target.insertBefore(row, target.firstChild);
         } else if (old) {
           old.parentNode.replaceChild(row, old);
@@ -293,11 +294,13 @@
   function updateProgress(id, progress) {
     var bar = document.getElementById('progress-' + id);
     if (!bar) { refreshRow(id); return; }
+    var percent = Math.round(progress.percent);
     bar.value = progress.percent;
-    bar.textContent = progress.percent + ' %';
+    bar.textContent = percent + ' %';
     var text = bar.parentNode.querySelector('[data-role="progress-text"]');
     if (text) {
-      text.textContent = progress.percent + ' %' + (progress.total ? ' (' + progress.processed + ' of ' + progress.total + ')' : '');
+      text.textContent = progress.total ? percent + ' % (' + progress.processed + ' of ' + progress.total + ')'
+        : (progress.processed ? progress.processed + ' so far' : 'starting…');
     }
   }
 
@@ -320,13 +323,16 @@
     var lists = document.querySelectorAll('ul.ops');
     if (!lists.length || !window.WebSocket || !csrf) { return; }
     var state = document.querySelector('[data-live-state]');
-    var last = null;
+    // The newest event when the page was read: the socket replays what came after it.
+    var last = document.body.getAttribute('data-last-event');
     var delay = 1000;
     function connect() {
       var url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/api/v2/ws' +
         (last ? '?after=' + encodeURIComponent(last) : '');
       var socket = new WebSocket(url);
+      var opened = false;
       socket.onopen = function () {
+        opened = true;
         delay = 1000;
         document.body.setAttribute('data-live', 'on');
         if (state) { state.textContent = 'This page updates by itself.'; }
@@ -344,6 +350,8 @@
         }
       };
       socket.onclose = function () {
+        // Refused before opening: the event to resume after may be gone (purged).
+        if (!opened) { last = null; }
         document.body.setAttribute('data-live', 'off');
         if (state) { state.textContent = 'Live updates paused: reconnecting…'; }
         window.setTimeout(connect, delay);
