@@ -312,7 +312,12 @@ pub async fn audit(
                 "at": view::time(&e.occurred_at, user.tz),
                 "who": e.user_id.map(|u| emails.get(&u).cloned().unwrap_or_else(|| u.to_string())),
                 "action": e.action,
-                "resource": format!("{} {}", e.resource_type, e.resource_id.clone().unwrap_or_default()),
+                "resource_type": e.resource_type,
+                // The end of an id is enough to tell entries apart on screen.
+                "resource_id": e.resource_id.as_deref().map(|id| {
+                    let tail: String = id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect();
+                    if tail.len() < id.len() { format!("…{tail}") } else { tail }
+                }),
                 "operation_id": e.operation_id,
                 "outcome": e.outcome,
                 "client_addr": e.client_addr,

@@ -329,16 +329,27 @@ impl Browser {
     }
 }
 
-/// Creates a user of `role` in `org` with [`PASSWORD`]; returns the email.
+/// Creates a user of `role` in `org` with [`PASSWORD`]; returns the email, a readable
+/// one (it shows in the screenshots), unique within the process.
 pub async fn user(
     app: &crate::common::TestApp,
     org: uuid::Uuid,
     role: haven::domain::permission::Role,
 ) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    const NAMES: [&str; 8] = [
+        "amina", "joseph", "fatuma", "david", "halima", "samuel", "grace", "omar",
+    ];
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let round = if n < NAMES.len() {
+        String::new()
+    } else {
+        (n / NAMES.len()).to_string()
+    };
     let email = format!(
-        "{}-{}@clinic.example",
-        role.as_str(),
-        uuid::Uuid::new_v4().simple()
+        "{}{round}.{}@kakuma-clinic.org",
+        NAMES[n % NAMES.len()],
+        role.as_str().replace('_', "-")
     );
     haven::app::create_user(app.store.as_ref(), org, &email, role, PASSWORD)
         .await
