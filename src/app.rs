@@ -257,18 +257,19 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let hub = crate::notify::hub::EventHub::new();
+    // Built first: nothing is started when it fails (the web UI's templates load here).
+    let app = router(AppState {
+        store: store.clone(),
+        config: config.clone(),
+        engine: engine.clone(),
+        hub: hub.clone(),
+    })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let notifier = start_notifier(store.clone(), engine.keyring.clone(), &config)?;
     let delivering = tokio::spawn(notifier.run(stopped.clone()));
-    let hub = crate::notify::hub::EventHub::new();
-    let feeding = tokio::spawn(hub.clone().run(store.clone(), stopped.clone()));
-    let workers = tokio::spawn(engine.clone().run(stopped));
-    let app = router(AppState {
-        store,
-        config,
-        engine,
-        hub,
-    })?;
+    let feeding = tokio::spawn(hub.run(store, stopped.clone()));
+    let workers = tokio::spawn(engine.run(stopped));
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

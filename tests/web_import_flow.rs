@@ -22,7 +22,9 @@ async fn import_schedule_watch_and_roll_back(app: TestApp) {
     let email = user(&app, org, Role::DataManager).await;
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("kakuma-registration.csv");
-    std::fs::write(&file, patients_csv(ROWS)).expect("csv");
+    // The valid rows, then one with a gender that does not exist: reported, not imported.
+    let csv = patients_csv(ROWS) + "Bad,Row,robot,1990-01-01,WEB-BAD,Kakuma\n";
+    std::fs::write(&file, csv).expect("csv");
 
     let browser = Browser::start(1280).await;
     browser.log_in(&app.base, &email).await;
@@ -147,7 +149,10 @@ async fn import_schedule_watch_and_roll_back(app: TestApp) {
     let row = browser.text(&op_row).await;
     assert!(row.contains("Completed"), "{row}");
     assert!(
-        row.contains(&format!("{ROWS} rows: {ROWS} imported")),
+        row.contains(&format!(
+            "{} rows: {ROWS} imported, 0 updated, 0 skipped, 1 failed",
+            ROWS + 1
+        )),
         "{row}"
     );
     assert!(
@@ -159,6 +164,22 @@ async fn import_schedule_watch_and_roll_back(app: TestApp) {
             .await,
         ROWS as i64
     );
+    // The error report button gives the CSV report: the row as a spreadsheet numbers it.
+    let report = browser
+        .js(
+            &format!(
+                "return fetch(document.querySelector('#op-{id} a[href$=\"/errors.csv\"]').href).then(function (r) {{ return r.text(); }});"
+            ),
+            vec![],
+        )
+        .await;
+    let report = report.as_str().expect("report");
+    assert!(report.starts_with("row,column,code,message"), "{report}");
+    assert!(
+        report.contains(&format!("{},gender,invalid_enum", ROWS + 2)),
+        "{report}"
+    );
+    assert!(!report.contains("robot"), "no cell values in the report");
     // The live region told screen readers.
     let live = browser.text("#live").await;
     assert!(

@@ -93,10 +93,13 @@
       var input = inputs[j];
       // The server filled in the zone of the cookie; the first visit has none yet.
       if (!input.value || (input.value === 'UTC' && !input.hasAttribute('aria-invalid'))) { input.value = zone; }
-      input.addEventListener('change', function (ev) {
+      // The zone chosen in a form is also the one times are shown in from then on.
+      var remember = function (ev) {
         var value = ev.target.value.trim();
         if (validZone(value)) { zone = value; setZone(value); }
-      });
+      };
+      input.addEventListener('input', remember);
+      input.addEventListener('change', remember);
     }
   }
 
