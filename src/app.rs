@@ -72,7 +72,9 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             crate::audit::seal_unkeyed_chains(store.as_ref()).await?;
-            println!("Haven is listening on http://{addr}/ (API under http://{addr}/api/v2/)");
+            println!(
+                "Haven is listening on http://{addr}/ (open it in a browser to log in; API under http://{addr}/api/v2/)"
+            );
             let engine = start_engine(store.clone(), keyring, &config)?;
             serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
@@ -285,20 +287,21 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let hub = crate::notify::hub::EventHub::new();
+    // Built first: nothing is started when it fails (the web UI's templates load here).
+    let app = router(AppState {
+        store: store.clone(),
+        config: config.clone(),
+        engine: engine.clone(),
+        hub: hub.clone(),
+        login_hashing: crate::auth::HashingGate::for_this_machine(),
+    })?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let notifier = start_notifier(&engine, &config)?;
     let delivering = tokio::spawn(notifier.run(stopped.clone()));
-    let hub = crate::notify::hub::EventHub::new();
-    let feeding = tokio::spawn(hub.clone().run(store.clone(), stopped.clone()));
-    tokio::spawn(checkpoint_wal_periodically(store.clone(), stopped.clone()));
-    let workers = tokio::spawn(engine.clone().run(stopped));
-    let app = router(AppState {
-        store,
-        config,
-        engine,
-        hub,
-        login_hashing: crate::auth::HashingGate::for_this_machine(),
-    });
+    let feeding = tokio::spawn(hub.run(store.clone(), stopped.clone()));
+    tokio::spawn(checkpoint_wal_periodically(store, stopped.clone()));
+    let workers = tokio::spawn(engine.run(stopped));
     let served = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

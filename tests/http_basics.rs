@@ -26,9 +26,16 @@ async fn assert_error_body(response: reqwest::Response, code: &str) {
 }
 
 dual_test!(
-    the_start_page_is_html_and_says_where_the_api_is,
+    the_start_page_leads_to_the_log_in_page_of_the_web_ui,
     |app: TestApp| async move {
-        let response = app.client.get(app.url("/")).send().await.unwrap();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = client.get(app.url("/")).send().await.unwrap();
+        assert_eq!(response.status(), 303);
+        assert_eq!(response.headers()["location"], "/login");
+        let response = client.get(app.url("/login")).send().await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(
             response.headers()["content-type"],
@@ -36,10 +43,12 @@ dual_test!(
         );
         let html = response.text().await.unwrap();
         assert!(html.contains(r#"<html lang="en">"#), "{html}");
-        assert!(html.contains("<title>Haven</title>"), "{html}");
-        assert!(html.contains("<h1>Haven</h1>"), "{html}");
-        assert!(html.contains("/api/v2/"), "{html}");
-        assert!(html.contains("POST /api/v2/auth/login"), "{html}");
+        assert!(html.contains("<title>Log in · Haven</title>"), "{html}");
+        assert!(html.contains("<h1>Log in to Haven</h1>"), "{html}");
+        assert!(
+            html.contains(r#"<label for="password">Password</label>"#),
+            "{html}"
+        );
     }
 );
 

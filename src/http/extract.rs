@@ -48,15 +48,22 @@ pub fn client_addr(parts: &Parts) -> Option<SocketAddr> {
         .map(|ConnectInfo(addr)| *addr)
 }
 
-/// The token of a request, from `Authorization: Bearer`. The web UI's session cookie
-/// will be accepted together with its CSRF protection; a cookie accepted without one
-/// would let any site send requests in a logged-in user's name.
+/// The token of a request: `Authorization: Bearer`, or the web UI's session cookie
+/// together with its `X-CSRF-Token` header (see `crate::web::session`). A cookie
+/// without that header is ignored: a cross-site page can make the browser send the
+/// cookie, but it cannot read the page that holds the token.
 fn presented_token(parts: &Parts) -> Option<String> {
-    let text = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = text
-        .strip_prefix("Bearer ")
-        .or_else(|| text.strip_prefix("bearer "))?;
-    Some(token.trim().to_string())
+    if let Some(text) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let token = text
+            .strip_prefix("Bearer ")
+            .or_else(|| text.strip_prefix("bearer "))?;
+        return Some(token.trim().to_string());
+    }
+    crate::web::session::api_session_token(&parts.headers)
 }
 
 impl FromRequestParts<AppState> for AuthUser {

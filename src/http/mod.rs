@@ -32,11 +32,11 @@ pub struct AppState {
     pub login_hashing: crate::auth::HashingGate,
 }
 
-/// The whole API.
-pub fn router(state: AppState) -> Router {
+/// The API's routes: those of the OpenAPI document, the WebSocket and `/metrics`, each
+/// request counted by its route pattern.
+fn api_routes(state: &AppState) -> Router<AppState> {
     let (api, _) = openapi::api_routes().split_for_parts();
     Router::new()
-        .merge(health::start_page())
         .merge(api)
         .merge(notifications::websocket_route())
         .route_layer(axum::middleware::from_fn_with_state(
@@ -44,12 +44,23 @@ pub fn router(state: AppState) -> Router {
             health::count_requests,
         ))
         .merge(health::metrics_route())
+}
+
+/// The JSON 404 and 405 answers; they apply to the routes present, so they come last.
+fn with_fallbacks(routes: Router<AppState>) -> Router<AppState> {
+    routes
         .fallback(|| async { error::AppError::NotFound("route") })
         // A known path with another method: 405 with the JSON error body (axum keeps
-        // its `Allow` header). It applies to the routes present, so it comes last.
+        // its `Allow` header).
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             error::AppError::MethodNotAllowed(method.to_string())
         })
+}
+
+/// What every answer goes through: the audit of cross-organization probes, the
+/// security headers, the JSON body limit.
+fn with_layers(routes: Router<AppState>, state: &AppState) -> Router<AppState> {
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             security::audit_cross_organization,
@@ -58,7 +69,14 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             extract::MAX_JSON_BODY_BYTES,
         ))
-        .with_state(state)
+}
+
+/// The whole API and the web UI. The web UI sends what its forms change through the
+/// API router itself (in-process, see `crate::web::forward`), so it gets its own copy.
+pub fn router(state: AppState) -> anyhow::Result<Router> {
+    let api = with_layers(with_fallbacks(api_routes(&state)), &state).with_state(state.clone());
+    let web = crate::web::routes(api)?;
+    Ok(with_layers(with_fallbacks(api_routes(&state).merge(web)), &state).with_state(state))
 }
 
 /// The cursor of the next page: the last item's id when the page is full.

@@ -265,14 +265,7 @@ fn websocket_token(headers: &HeaderMap, query: &BTreeMap<String, String>) -> Opt
         _ => false,
     };
     if same_origin {
-        let cookie = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(name, _)| *name == SESSION_COOKIE)
-            .map(|(_, value)| value.to_string());
+        let cookie = crate::web::session::cookie(headers, SESSION_COOKIE);
         if cookie.is_some() {
             return cookie;
         }

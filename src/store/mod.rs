@@ -14,6 +14,9 @@ mod notify_sql;
 pub mod notify;
 #[macro_use]
 mod schedules_sql;
+// The web UI's own queries (users, one operation's audit trail).
+#[macro_use]
+pub mod web_sql;
 mod postgres;
 pub mod schedules;
 mod sqlite;
@@ -165,6 +168,7 @@ pub trait Store:
     + notify::NotifyStore
     + schedules::ScheduleStore
     + security::SecurityStore
+    + web_sql::WebStore
     + Send
     + Sync
 {

@@ -218,3 +218,4 @@ security_store_impl!(
     "postgres",
     "SELECT pg_advisory_xact_lock(hashtextextended($1, 8008))"
 );
+web_store_impl!(PgStore);

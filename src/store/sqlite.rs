@@ -191,3 +191,4 @@ ops_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 notify_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 schedules_store_impl!(SqliteStore, Sqlite, sqlx::sqlite::SqliteRow);
 security_store_impl!(SqliteStore, "sqlite", "");
+web_store_impl!(SqliteStore);

@@ -54,8 +54,8 @@ pub(super) async fn schedule_import(
     let blob = BlobStore::upload_name(id);
     let stored = receive_upload(&state, request, &headers, &blob).await;
     let result = match stored {
-        Ok((body, size)) => {
-            validate_import(&state, &caller, &headers, body, (&blob, size), id).await
+        Ok((body, size, got_file)) => {
+            validate_import(&state, &caller, &headers, body, (&blob, size, got_file), id).await
         }
         Err(e) => Err(e),
     };
@@ -70,10 +70,19 @@ async fn validate_import(
     caller: &AuthUser,
     headers: &HeaderMap,
     mut body: Map<String, Value>,
-    (blob, size_bytes): (&str, u64),
+    (blob, size_bytes, got_file): (&str, u64, bool),
     id: Uuid,
 ) -> AppResult<Response> {
     let mut errors = Vec::new();
+    // A missing file is reported with every other problem of the request (the web UI
+    // shows them all at once beside their fields).
+    if !got_file {
+        errors.push(FieldError::new(
+            "file",
+            "required",
+            "attach the CSV as the part `file` (or give `csv_data`)",
+        ));
+    }
     body.remove("csv_data");
     reject_unknown(&body, &IMPORT_FIELDS, &mut errors);
     let common = parse_common(&body, &mut errors);
@@ -169,13 +178,14 @@ async fn check_header(
 }
 
 /// Streams the CSV (multipart part `file`, or JSON `csv_data`) into an encrypted blob,
-/// checking size and UTF-8 on the way; returns the other options as JSON and the size.
+/// checking size and UTF-8 on the way; returns the other options as JSON, the size and
+/// whether a file was given at all.
 async fn receive_upload(
     state: &AppState,
     request: Request,
     headers: &HeaderMap,
     blob: &str,
-) -> AppResult<(Map<String, Value>, u64)> {
+) -> AppResult<(Map<String, Value>, u64, bool)> {
     let limit = state.config.max_upload_bytes;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -270,18 +280,11 @@ async fn receive_upload(
         options = body;
     }
     utf8.finish()?;
-    if !got_file {
-        return Err(AppError::invalid_field(
-            "file",
-            "required",
-            "attach the CSV as the part `file` (or give `csv_data`)",
-        ));
-    }
     let size = file
         .finish()
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
-    Ok((options, size))
+    Ok((options, size, got_file))
 }
 
 fn upload_error(status: StatusCode, text: String, limit: u64) -> AppError {
