@@ -157,9 +157,9 @@ async fn the_other_pages(app: TestApp) {
     browser.screenshot("users").await;
     browser.click("a[href='/schedules']").await;
     assert!(browser
-        .text("#schedules-placeholder")
+        .text("#schedules-list")
         .await
-        .contains("Coming soon"));
+        .contains("No recurring schedule yet"));
 
     // Log out: back to the log-in page, and the pages need a login again.
     browser.click("form[action='/logout'] button").await;

@@ -1,5 +1,5 @@
 //! The other pages: notifications with preferences, patients, the audit log (admins),
-//! users (admins, read-only) and the place of recurring schedules (issue 10).
+//! users (admins, read-only) and the recurring schedules (read-only).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -370,12 +370,39 @@ pub async fn users(
         .render("users.html", with(ctx, json!({"users": rows})))
 }
 
-/// Recurring schedules (SPEC 5) are being built in issue 10; this page holds their place.
+/// Recurring schedules (SPEC 5) of the organization: name, when (cron in its zone),
+/// what, whether it runs, its next run. They are made and changed through
+/// `/api/v2/bulk/schedules`; a form for them is not built yet.
 pub async fn schedules(
     State(state): State<AppState>,
     Extension(web): Extension<Web>,
     user: WebUser,
 ) -> Response {
+    let page = crate::store::Page {
+        after: None,
+        limit: 200,
+    };
+    let rows: Vec<Value> = match state.store.list_schedules(user.caller.org(), &page).await {
+        Ok(list) => list
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "cron": s.cron,
+                    "timezone": s.timezone,
+                    "type": s.operation_type.as_str(),
+                    "enabled": s.enabled,
+                    "missed": s.missed.as_str(),
+                    "next_run_at": s.next_run_at.as_ref().map(crate::domain::rfc3339),
+                })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing schedules for the web UI failed");
+            Vec::new()
+        }
+    };
     let ctx = page_context(&state, &user, "schedules").await;
-    web.templates.render("schedules.html", ctx)
+    web.templates
+        .render("schedules.html", with(ctx, json!({"schedules": rows})))
 }
