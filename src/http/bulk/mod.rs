@@ -622,6 +622,31 @@ pub(crate) fn export_parameters(
     })
 }
 
+/// What every JSON scheduling request shares: the replay of a repeated
+/// `Idempotency-Key` and the limits, the common options, the type's own options
+/// (`parameters`), then `accept`.
+async fn schedule_json(
+    state: &AppState,
+    caller: &AuthUser,
+    headers: &HeaderMap,
+    body: &Map<String, Value>,
+    options: &[&str],
+    parameters: fn(&Map<String, Value>, &mut Vec<FieldError>) -> Option<Parameters>,
+) -> AppResult<Response> {
+    if let Some(replay) = preflight(state, caller, headers).await? {
+        return Ok(replay);
+    }
+    let mut errors = Vec::new();
+    reject_unknown(body, options, &mut errors);
+    let common = parse_common(body, &mut errors);
+    let params = parameters(body, &mut errors);
+    // Without parameters, `parameters` has said why in `errors`.
+    let Some(params) = params.filter(|_| errors.is_empty()) else {
+        return Err(AppError::invalid(errors));
+    };
+    accept(state, caller, headers, common, params, new_id()).await
+}
+
 /// Schedules an export.
 #[utoipa::path(post, path = "/api/v2/bulk/export/schedule", tag = "bulk", params(("Idempotency-Key" = Option<String>, Header)), request_body(content = crate::http::openapi::bodies::ExportIn, content_type = "application/json"), security(("bearer" = ["bulk.export"])), responses((status = 201, description = "Scheduled"), (status = 422, description = "Invalid input"), (status = 429, description = "Too many scheduling requests"), (status = 401, description = "No valid token"), (status = 403, description = "The role lacks the permission")))]
 async fn schedule_export(
@@ -630,20 +655,15 @@ async fn schedule_export(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    if let Some(replay) = preflight(&state, &caller, &headers).await? {
-        return Ok(replay);
-    }
-    let mut errors = Vec::new();
-    reject_unknown(&body, EXPORT_OPTIONS, &mut errors);
-    let common = parse_common(&body, &mut errors);
-    let params = export_parameters(&body, &mut errors);
-    fail_if(errors)?;
-    let Some(params) = params else {
-        return Err(AppError::Internal(anyhow::anyhow!(
-            "export options accepted without parameters"
-        )));
-    };
-    accept(&state, &caller, &headers, common, params, new_id()).await
+    schedule_json(
+        &state,
+        &caller,
+        &headers,
+        &body,
+        EXPORT_OPTIONS,
+        export_parameters,
+    )
+    .await
 }
 
 /// The options of an update (besides the common ones).
@@ -716,18 +736,15 @@ async fn schedule_update(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    if let Some(replay) = preflight(&state, &caller, &headers).await? {
-        return Ok(replay);
-    }
-    let mut errors = Vec::new();
-    reject_unknown(&body, UPDATE_OPTIONS, &mut errors);
-    let common = parse_common(&body, &mut errors);
-    let params = update_parameters(&body, &mut errors);
-    // Without parameters, `update_parameters` has said why in `errors`.
-    let Some(params) = params.filter(|_| errors.is_empty()) else {
-        return Err(AppError::invalid(errors));
-    };
-    accept(&state, &caller, &headers, common, params, new_id()).await
+    schedule_json(
+        &state,
+        &caller,
+        &headers,
+        &body,
+        UPDATE_OPTIONS,
+        update_parameters,
+    )
+    .await
 }
 
 /// Schedules a delete.
@@ -738,16 +755,13 @@ async fn schedule_delete(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    if let Some(replay) = preflight(&state, &caller, &headers).await? {
-        return Ok(replay);
-    }
-    let mut errors = Vec::new();
-    reject_unknown(&body, DELETE_OPTIONS, &mut errors);
-    let common = parse_common(&body, &mut errors);
-    let params = delete_parameters(&body, &mut errors);
-    // Without parameters, `delete_parameters` has said why in `errors`.
-    let Some(params) = params.filter(|_| errors.is_empty()) else {
-        return Err(AppError::invalid(errors));
-    };
-    accept(&state, &caller, &headers, common, params, new_id()).await
+    schedule_json(
+        &state,
+        &caller,
+        &headers,
+        &body,
+        DELETE_OPTIONS,
+        delete_parameters,
+    )
+    .await
 }
