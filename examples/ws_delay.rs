@@ -22,6 +22,7 @@ const OPERATIONS: usize = 100;
 async fn main() -> anyhow::Result<()> {
     let backend = std::env::args().nth(1).unwrap_or_else(|| "sqlite".into());
     let dir = tempfile::tempdir()?;
+    let mut dropped_at_end: Option<(String, String)> = None;
     let url = match backend.as_str() {
         "postgres" => {
             let admin = std::env::var("HAVEN_TEST_POSTGRES_URL")
@@ -29,6 +30,7 @@ async fn main() -> anyhow::Result<()> {
             let name = format!("haven_ws_delay_{}", uuid::Uuid::new_v4().simple());
             let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
             sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await?;
+            dropped_at_end = Some((admin.clone(), name.clone()));
             format!(
                 "{}/{name}",
                 admin.rsplit_once('/').map(|(a, _)| a).unwrap_or(&admin)
@@ -183,5 +185,14 @@ async fn main() -> anyhow::Result<()> {
         delays[delays.len() - 1]
     );
     let _ = server.kill().await;
+    let _ = server.wait().await;
+    if let Some((admin, name)) = dropped_at_end {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin).await?;
+        sqlx::Executor::execute(
+            &mut conn,
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+        )
+        .await?;
+    }
     Ok(())
 }
