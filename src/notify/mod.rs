@@ -205,16 +205,19 @@ impl Event {
         })
     }
 
-    /// A one-line message for in-app notifications and SMS: the operation's type, id
-    /// and what happened, nothing from its data.
+    /// A one-line message for in-app notifications and SMS (see [`message`]).
     pub fn message(&self) -> String {
-        format!(
-            "Your {} operation {} {}.",
-            self.operation_type,
-            self.operation_id,
-            self.event_type.verb()
-        )
+        message(&self.operation_type, self.operation_id, self.event_type)
     }
+}
+
+/// The one-line text of an event for in-app notifications and SMS: the operation's
+/// type, id and what happened, nothing from its data.
+pub fn message(operation_type: &str, operation_id: Uuid, event: EventType) -> String {
+    format!(
+        "Your {operation_type} operation {operation_id} {}.",
+        event.verb()
+    )
 }
 
 /// Delivery settings, from the command line.

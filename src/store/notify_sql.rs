@@ -129,7 +129,7 @@ macro_rules! notify_store_impl {
                     None => $crate::notify::default_channels(event_type),
                 };
                 if channels.contains(&Channel::InApp) && event_type != EventType::Progress {
-                    let message = format!("Your {op_type} operation {operation_id} {}.", event_type.verb());
+                    let message = $crate::notify::message(&op_type, operation_id, event_type);
                     sqlx::query(
                         "INSERT INTO notifications (id, organization_id, user_id, event_id, event_type, operation_id, \
                          operation_type, status, message, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -190,27 +190,6 @@ macro_rules! notify_store_impl {
                 }
                 if !Self::DIALECT.notify_events.is_empty() {
                     sqlx::query(Self::DIALECT.notify_events).execute(&mut **tx).await?;
-                }
-                Ok(())
-            }
-
-            /// A progress event, at most one a second per operation.
-            async fn emit_progress_tx(
-                tx: &mut sqlx::Transaction<'_, $db>,
-                operation_id: uuid::Uuid,
-                now: chrono::DateTime<chrono::Utc>,
-            ) -> $crate::store::StoreResult<()> {
-                let due = sqlx::query(
-                    "UPDATE bulk_operations SET progress_event_at = $2 WHERE id = $1 \
-                     AND (progress_event_at IS NULL OR progress_event_at <= $3)",
-                )
-                .bind(operation_id)
-                .bind(now)
-                .bind(now - chrono::Duration::seconds(1))
-                .execute(&mut **tx)
-                .await?;
-                if due.rows_affected() == 1 {
-                    Self::emit_event_tx(tx, operation_id, $crate::notify::EventType::Progress, now).await?;
                 }
                 Ok(())
             }

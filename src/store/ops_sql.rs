@@ -685,11 +685,16 @@ macro_rules! ops_store_impl {
                 let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
                 // The fence first: it also locks the operation row on PostgreSQL, so a
                 // takeover waits for this chunk or this chunk finds the lease gone.
-                let fence: Option<(bool,)> = sqlx::query_as(
+                // The same statement moves `progress_event_at` when the last progress
+                // event is a second old or more: at most one such event a second.
+                let fence: Option<(bool, bool)> = sqlx::query_as(
                     "UPDATE bulk_operations SET progress_processed = $3, progress_total = COALESCE($4, progress_total), \
                      progress_cursor = $5, updated_at = $6, attempt_progressed = TRUE, \
-                     undo_reason = COALESCE($7, undo_reason), undo_message = COALESCE($8, undo_message) \
-                     WHERE id = $1 AND attempt = $2 AND status = 'processing' RETURNING cancel_requested",
+                     undo_reason = COALESCE($7, undo_reason), undo_message = COALESCE($8, undo_message), \
+                     progress_event_at = CASE WHEN progress_event_at IS NULL OR progress_event_at <= $9 \
+                         THEN $6 ELSE progress_event_at END \
+                     WHERE id = $1 AND attempt = $2 AND status = 'processing' \
+                     RETURNING cancel_requested, progress_event_at = $6",
                 )
                 .bind(op.id)
                 .bind(op.attempt)
@@ -699,9 +704,10 @@ macro_rules! ops_store_impl {
                 .bind(now)
                 .bind(chunk.undo.as_ref().map(|u| u.reason.clone()))
                 .bind(chunk.undo.as_ref().and_then(|u| u.message.clone()))
+                .bind(now - chrono::Duration::seconds(1))
                 .fetch_optional(&mut *tx)
                 .await?;
-                let Some((cancel_requested,)) = fence else {
+                let Some((cancel_requested, progress_due)) = fence else {
                     return Ok(ChunkOutcome::LeaseLost);
                 };
                 if !chunk.inserts.is_empty() {
@@ -815,7 +821,9 @@ macro_rules! ops_store_impl {
                     qb.push(" ON CONFLICT (organization_id, operation_id, patient_id) DO NOTHING");
                     qb.build().execute(&mut *tx).await?;
                 }
-                Self::emit_progress_tx(&mut tx, op.id, now).await?;
+                if progress_due {
+                    Self::emit_event_tx(&mut tx, op.id, $crate::notify::EventType::Progress, now).await?;
+                }
                 tx.commit().await?;
                 Ok(ChunkOutcome::Committed { cancel_requested })
             }
@@ -924,12 +932,15 @@ macro_rules! ops_store_impl {
                         orphaning.push(finish.operation_id);
                     }
                     if let (Status::Completed, Some((target, audit))) = (status, finish.rolled_back) {
+                        // The target is of the rollback's organization (the audit
+                        // entry's): checked here too, not only when it was scheduled.
                         let marked = sqlx::query(
                             "UPDATE bulk_operations SET status = 'rolled_back', updated_at = $2 \
-                             WHERE id = $1 AND status = 'completed'",
+                             WHERE id = $1 AND organization_id = $3 AND status = 'completed'",
                         )
                         .bind(target)
                         .bind(finish.completed_at)
+                        .bind(audit.organization_id)
                         .execute(&mut *tx)
                         .await?;
                         if marked.rows_affected() == 1 {

@@ -625,7 +625,7 @@ pub(crate) fn export_parameters(
 /// What every JSON scheduling request shares: the replay of a repeated
 /// `Idempotency-Key` and the limits, the common options, the type's own options
 /// (`parameters`), then `accept`.
-async fn schedule_json(
+async fn schedule_one_off(
     state: &AppState,
     caller: &AuthUser,
     headers: &HeaderMap,
@@ -655,7 +655,7 @@ async fn schedule_export(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    schedule_json(
+    schedule_one_off(
         &state,
         &caller,
         &headers,
@@ -736,7 +736,7 @@ async fn schedule_update(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    schedule_json(
+    schedule_one_off(
         &state,
         &caller,
         &headers,
@@ -755,7 +755,7 @@ async fn schedule_delete(
     headers: HeaderMap,
     JsonBody(body): JsonBody<Map<String, Value>>,
 ) -> AppResult<Response> {
-    schedule_json(
+    schedule_one_off(
         &state,
         &caller,
         &headers,
