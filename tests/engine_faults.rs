@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::faults::*;
 use common::{Backend, TestApp};
-use haven::domain::permission::Role;
 use haven::engine::Ran;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -21,132 +20,12 @@ fn spawn_worker(app: &TestApp, extra: &[&str]) -> tokio::process::Child {
     app.spawn_worker(extra)
 }
 
-/// Sends a signal (`STOP`, `CONT`, `TERM`) to a child process.
-fn signal(child: &tokio::process::Child, name: &str) {
-    let pid = child.id().expect("the worker is running");
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill -{name} {pid}");
-}
-
-fn csv(prefix: &str, rows: usize) -> String {
-    let mut csv = String::from("unhcr_number,given_name,family_name,gender,current_camp\n");
-    for i in 0..rows {
-        csv.push_str(&format!(
-            "{prefix}-{i:07},Given{i},Family{i},female,Kakuma\n"
-        ));
-    }
-    csv
-}
-
-async fn organization(app: &TestApp, name: &str) -> (Uuid, String) {
-    let org = app.create_org(name).await;
-    (org, app.user_token(org, Role::DataManager).await)
-}
-
-fn id_of(op: &Value) -> String {
-    op["id"].as_str().expect("operation id").to_string()
-}
-
-async fn schedule(app: &TestApp, token: &str, kind: &str, body: Value) -> String {
-    let response = app
-        .post_json(token, &format!("/api/v2/bulk/{kind}/schedule"), &body)
-        .await;
-    assert_eq!(response.status(), 201, "schedule {kind}");
-    id_of(&response.json().await.expect("operation"))
-}
-
-async fn schedule_import(app: &TestApp, token: &str, csv: &str, options: Value) -> String {
-    let response = app.schedule_import(token, csv, options).await;
-    assert_eq!(response.status(), 201, "schedule import");
-    id_of(&response.json().await.expect("operation"))
-}
-
 /// Imports `rows` patients with this process's engine (the app runs no workers).
 async fn import_here(app: &TestApp, token: &str, prefix: &str, rows: usize) {
     let id = schedule_import(app, token, &csv(prefix, rows), json!({})).await;
     while app.engine.run_once().await.expect("run") != Ran::Empty {}
     let done = app.wait_until_done(token, &id).await;
     assert_eq!(done["status"], "completed", "{done}");
-}
-
-async fn progress(app: &TestApp, org: Uuid, id: &str) -> haven::domain::operation::Operation {
-    app.store
-        .get_operation(org, Uuid::parse_str(id).expect("uuid"))
-        .await
-        .expect("read")
-        .expect("operation")
-}
-
-/// Waits until operation `id` has committed at least `rows`.
-async fn wait_for_progress(app: &TestApp, org: Uuid, id: &str, rows: i64) {
-    for _ in 0..60_000 {
-        let op = progress(app, org, id).await;
-        assert!(
-            !op.status.is_final(),
-            "ended before reaching {rows}: {op:?}"
-        );
-        if op.progress_processed >= rows {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    panic!("operation {id} never reached {rows} rows");
-}
-
-/// The UNHCR numbers of the organization's live patients.
-async fn unhcr_numbers(app: &TestApp, org: Uuid) -> BTreeSet<String> {
-    let mut numbers = BTreeSet::new();
-    let mut after = None;
-    loop {
-        let page = app
-            .store
-            .scan_patients(haven::store::ops::PatientScan {
-                org,
-                filters: &Default::default(),
-                include_deleted: false,
-                imported_by: None,
-                page: haven::store::Page {
-                    after,
-                    limit: 5_000,
-                },
-            })
-            .await
-            .expect("scan");
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        numbers.extend(page.into_iter().filter_map(|p| p.fields.unhcr_number));
-    }
-    numbers
-}
-
-/// The downloaded CSV, checked line for line against the organization's patients.
-async fn assert_download_matches(app: &TestApp, token: &str, org: Uuid, id: &str, rows: usize) {
-    let response = app
-        .get(token, &format!("/api/v2/bulk-operations/{id}/download"))
-        .await;
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.expect("download");
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), rows + 1, "the header and one line per patient");
-    let header: Vec<&str> = lines[0].split(',').collect();
-    let column = header
-        .iter()
-        .position(|h| *h == "unhcr_number")
-        .expect("unhcr_number column");
-    let in_file: Vec<String> = lines[1..]
-        .iter()
-        .map(|l| l.split(',').nth(column).expect("cell").to_string())
-        .collect();
-    let unique: BTreeSet<String> = in_file.iter().cloned().collect();
-    assert_eq!(unique.len(), rows, "no line twice");
-    assert_eq!(
-        unique,
-        unhcr_numbers(app, org).await,
-        "exactly the patients"
-    );
 }
 
 /// Files of the export directory (encrypted exports of every attempt).

@@ -24,13 +24,26 @@ async fn healthz() -> Json<Value> {
 }
 
 /// The database answers.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK"), (status = 500, description = "The database does not answer")))]
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "OK"), (status = 503, description = "The database does not answer")))]
 async fn readyz(State(state): State<AppState>) -> AppResult<Json<Value>> {
-    state
-        .store
-        .ping()
-        .await
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("database not reachable: {e}")))?;
+    // 503, not 500: a load balancer takes the process out of rotation until the
+    // database is back, and nothing is wrong with the request. The cause goes to the
+    // log, not to an unauthenticated caller.
+    // Bounded: with the server gone, a new connection waits for the pool's acquire
+    // timeout (30 s), far longer than a probe waits.
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(3), state.store.ping()).await;
+    let failure = match ping {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("no answer within 3 s".to_string()),
+    };
+    if let Some(e) = failure {
+        tracing::warn!(error = %e, "readiness check: the database does not answer");
+        return Err(AppError::ServiceUnavailable {
+            message: "not ready: the database does not answer".into(),
+            retry_after_secs: 5,
+        });
+    }
     Ok(Json(
         json!({"status": "ready", "database": state.store.backend()}),
     ))

@@ -13,6 +13,8 @@ use haven::store::Store;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub mod faults;
+
 /// Where the PostgreSQL tests create their databases. Required, never skipped: without
 /// a reachable server the PostgreSQL half of the suite fails.
 pub fn postgres_admin_url() -> String {
@@ -33,6 +35,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database that exists already and outlives the test (nothing is dropped).
+    pub fn existing(url: &str) -> TestDb {
+        TestDb {
+            url: url.to_string(),
+            pg_name: None,
+        }
+    }
+
     pub async fn create(backend: Backend, dir: &std::path::Path) -> TestDb {
         match backend {
             Backend::Sqlite => TestDb {
@@ -123,6 +133,16 @@ impl TestApp {
     pub async fn spawn_with(backend: Backend, extra_flags: &[&str]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let db = TestDb::create(backend, dir.path()).await;
+        Self::spawn_on(backend, db, dir, extra_flags).await
+    }
+
+    /// Haven on a database of the caller's (a PostgreSQL server the test runs itself).
+    pub async fn spawn_on(
+        backend: Backend,
+        db: TestDb,
+        dir: tempfile::TempDir,
+        extra_flags: &[&str],
+    ) -> TestApp {
         let config = Arc::new(config_with(dir.path(), &db.url, extra_flags));
         let store = haven::app::open_store(&config).await.expect("open store");
         let keyring = haven::app::load_keyring(&config).expect("keyring");
@@ -461,6 +481,21 @@ impl TestApp {
 impl TestApp {
     /// A `haven worker` process on this app's database and data directory.
     pub fn spawn_worker(&self, extra: &[&str]) -> tokio::process::Child {
+        self.spawn_worker_logging(extra, None)
+    }
+
+    /// A `haven worker` process whose log (stderr) goes to `log`, when given.
+    pub fn spawn_worker_logging(
+        &self,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> tokio::process::Child {
+        let stderr = match log {
+            Some(path) => std::fs::File::create(path)
+                .map(std::process::Stdio::from)
+                .expect("worker log file"),
+            None => std::process::Stdio::null(),
+        };
         tokio::process::Command::new(haven_bin())
             .arg("worker")
             .args(["--database-url", &self.db.url])
@@ -472,7 +507,7 @@ impl TestApp {
                 "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
             )
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("start haven worker")
