@@ -1,7 +1,7 @@
 //! Starting Haven: open the store, bootstrap, serve HTTP, run commands. `serve` is the
 //! testable entry point: it takes a bound listener and a shutdown signal.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -301,14 +301,38 @@ pub async fn serve(
     let delivering = tokio::spawn(notifier.run(stopped.clone()));
     let feeding = tokio::spawn(hub.run(store.clone(), stopped.clone()));
     tokio::spawn(checkpoint_wal_periodically(store, stopped.clone()));
+    let mut draining = stopped.clone();
     let workers = tokio::spawn(engine.run(stopped));
-    let served = axum::serve(
+    // On the signal the engine stops claiming at once (its running attempts commit
+    // their chunk and release their operations) while the HTTP server stops accepting
+    // and lets in-flight requests finish; requests still running after
+    // `--shutdown-timeout` are cut off, so a slow client cannot hold the process.
+    let stop_on_signal = {
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        }
+    };
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
-    .context("HTTP server failed");
+    .with_graceful_shutdown(stop_on_signal)
+    .into_future();
+    let drain_deadline = async {
+        let _ = draining.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(config.shutdown_timeout).await;
+    };
+    let served = tokio::select! {
+        served = server => served.context("HTTP server failed"),
+        () = drain_deadline => {
+            tracing::warn!(
+                "requests still in flight after the shutdown timeout were cut off"
+            );
+            Ok(())
+        }
+    };
     let _ = stop.send(true);
     let _ = workers.await;
     let _ = delivering.await;

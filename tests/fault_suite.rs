@@ -714,3 +714,114 @@ dual_test!(
     flags = NO_WORKERS,
     |app: TestApp| sigterm_during_an_import(app)
 );
+
+/// Scenario 7, the server's side: SIGTERM to `haven serve` while a request is still
+/// uploading. The server stops accepting connections, lets the upload finish (201, the
+/// import is scheduled) and exits within its shutdown timeout.
+async fn sigterm_lets_an_upload_in_flight_finish(app: TestApp) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let name = backend_name(app.backend);
+    let (_, token) = organization(&app, "Kakuma Clinic").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let mut server = tokio::process::Command::new(common::haven_bin())
+        .args(["serve", "--no-bootstrap", "--workers", "0"])
+        .args(["--listen", &address, "--shutdown-timeout", "5s"])
+        .args(["--database-url", &app.db.url])
+        .arg("--data-dir")
+        .arg(app.dir.path())
+        .env(
+            "HAVEN_MASTER_KEY",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start haven serve");
+    let mut connection = None;
+    for _ in 0..300 {
+        if let Ok(c) = tokio::net::TcpStream::connect(&address).await {
+            connection = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut connection = connection.expect("haven serve listens");
+    const ROWS: usize = 20_000;
+    let body = serde_json::to_vec(&json!({"csv_data": csv("S7H", ROWS), "file_name": "camp.csv"}))
+        .expect("body");
+    let head = format!(
+        "POST /api/v2/bulk/import/schedule HTTP/1.1\r\nHost: {address}\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    connection.write_all(head.as_bytes()).await.expect("send");
+    let (first, rest) = body.split_at(body.len() / 2);
+    connection.write_all(first).await.expect("send");
+    // A second client that stops sending half-way: it must not hold the process
+    // beyond the shutdown timeout.
+    let mut stalled = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    stalled.write_all(head.as_bytes()).await.expect("send");
+    stalled.write_all(first).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&server, "TERM");
+    let termed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        tokio::net::TcpStream::connect(&address).await.is_err(),
+        "no new connection is accepted once stopping"
+    );
+    for piece in rest.chunks(64 * 1024) {
+        connection.write_all(piece).await.expect("send the rest");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut response = String::new();
+    connection
+        .read_to_string(&mut response)
+        .await
+        .expect("the response");
+    assert!(
+        response.starts_with("HTTP/1.1 201"),
+        "the upload in flight was accepted: {}",
+        response.lines().next().unwrap_or("")
+    );
+    let exit = tokio::time::timeout(Duration::from_secs(15), server.wait())
+        .await
+        .expect("haven serve exits soon after --shutdown-timeout 5s")
+        .expect("exit status");
+    let exited = termed.elapsed();
+    assert!(exit.success(), "a clean exit: {exit}");
+    let mut cut_off = Vec::new();
+    let _ = stalled.read_to_end(&mut cut_off).await;
+    assert!(
+        !String::from_utf8_lossy(&cut_off).contains("201"),
+        "the stalled upload was not accepted"
+    );
+    let scheduled = app
+        .count("SELECT COUNT(*) FROM bulk_operations WHERE status = 'scheduled'")
+        .await;
+    assert_eq!(scheduled, 1, "the import was scheduled");
+    report(
+        &format!("7 {name} serve"),
+        &format!(
+            "SIGTERM to haven serve mid-upload ({} bytes, half sent): new connections refused, \
+             the upload finished with 201; a client stalled mid-body was cut off and the \
+             process exited {:.2} s after the signal (shutdown timeout 5 s)",
+            body.len(),
+            exited.as_secs_f64()
+        ),
+    );
+}
+
+dual_test!(
+    sigterm_lets_an_upload_in_flight_finish,
+    flags = NO_WORKERS,
+    |app: TestApp| sigterm_lets_an_upload_in_flight_finish(app)
+);
