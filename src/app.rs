@@ -249,19 +249,16 @@ async fn open_store_without_migrating(config: &Config) -> anyhow::Result<Arc<dyn
 }
 
 fn blob_store(config: &Config) -> anyhow::Result<BlobStore> {
-    if let Some(url) = config
-        .blob_store
-        .as_deref()
-        .filter(|b| b.contains("://") && !b.starts_with("file://"))
-    {
-        anyhow::bail!(
-            "--blob-store {url}: only a directory is supported so far (S3 is not built yet)"
-        );
-    }
-    let blobs = BlobStore::new(config.blob_dir());
+    let blobs = match config.blob_store.as_deref() {
+        Some(url) if url.starts_with("s3://") => BlobStore::s3(url)?,
+        Some(url) if url.contains("://") && !url.starts_with("file://") => {
+            anyhow::bail!("--blob-store {url}: expected a directory or s3://bucket/prefix")
+        }
+        _ => BlobStore::new(config.blob_dir()),
+    };
     blobs
         .ensure_dirs()
-        .with_context(|| format!("cannot create the blob store {}", blobs.root().display()))?;
+        .with_context(|| format!("cannot create the blob store {}", blobs.location()))?;
     Ok(blobs)
 }
 
