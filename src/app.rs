@@ -72,10 +72,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             crate::audit::seal_unkeyed_chains(store.as_ref()).await?;
+            let engine = start_engine(store.clone(), keyring, &config)?;
+            engine.blobs.check().await?;
             println!(
                 "Haven is listening on http://{addr}/ (open it in a browser to log in; API under http://{addr}/api/v2/)"
             );
-            let engine = start_engine(store.clone(), keyring, &config)?;
             serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -89,6 +90,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 blob_store(&config)?,
                 EngineSettings::from_config(&config),
             ));
+            engine.blobs.check().await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notifier = start_notifier(&engine, &config)?;
             let delivering = tokio::spawn(notifier.run(stopped.clone()));

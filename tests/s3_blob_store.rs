@@ -499,3 +499,24 @@ async fn a_blob_larger_than_a_part_goes_up_in_parts_and_reads_back_whole() {
     assert!(blobs.remove("exports/big.enc").await);
     assert!(blobs.list("exports").await.expect("list").is_empty());
 }
+
+/// A bucket that does not exist stops `haven worker` at start, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_bucket_stops_a_worker_at_start_with_a_clear_message() {
+    moto();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = tokio::process::Command::new(haven_bin())
+        .args(["worker", "--blob-store", "s3://haven-no-such-bucket/x"])
+        .args(["--master-key", MASTER_KEY])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .await
+        .expect("run haven worker");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("the blob store s3://haven-no-such-bucket/x does not answer"),
+        "{stderr}"
+    );
+}

@@ -104,6 +104,18 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Checks at start that the store answers (the bucket exists and the credentials
+    /// work), so that a mistake shows at once rather than on the first upload.
+    pub async fn check(&self) -> anyhow::Result<()> {
+        match &self.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::S3(s3) => s3
+                .check()
+                .await
+                .map_err(|e| anyhow::anyhow!("the blob store {} does not answer: {e}", s3.url())),
+        }
+    }
+
     /// The blob name of an operation's uploaded file.
     pub fn upload_name(operation_id: Uuid) -> String {
         format!("uploads/{operation_id}.csv.enc")

@@ -74,6 +74,13 @@ impl S3Blobs {
         Ok(S3Blobs { store, url })
     }
 
+    /// Lists one page of `uploads/`: fails when the bucket is missing, unreachable or
+    /// the credentials are refused.
+    pub(super) async fn check(&self) -> object_store::Result<()> {
+        let mut listing = self.store.list(Some(&Path::from("uploads")));
+        listing.try_next().await.map(|_| ())
+    }
+
     pub(super) fn url(&self) -> &str {
         &self.url
     }
