@@ -249,14 +249,6 @@ impl BlobStore {
             }
         }
     }
-
-    /// The directory of a local store; `None` for object storage.
-    pub fn local_root(&self) -> Option<&Path> {
-        match &self.backend {
-            Backend::Local(root) => Some(root),
-            Backend::S3(_) => None,
-        }
-    }
 }
 
 /// Creates (or truncates) a blob file, readable by its owner only: it holds patient
