@@ -72,10 +72,11 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             crate::audit::seal_unkeyed_chains(store.as_ref()).await?;
+            let engine = start_engine(store.clone(), keyring, &config)?;
+            engine.blobs.check().await?;
             println!(
                 "Haven is listening on http://{addr}/ (open it in a browser to log in; API under http://{addr}/api/v2/)"
             );
-            let engine = start_engine(store.clone(), keyring, &config)?;
             serve(store, Arc::new(config), engine, listener, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -89,6 +90,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<ExitCode> {
                 blob_store(&config)?,
                 EngineSettings::from_config(&config),
             ));
+            engine.blobs.check().await?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let notifier = start_notifier(&engine, &config)?;
             let delivering = tokio::spawn(notifier.run(stopped.clone()));
@@ -249,19 +251,16 @@ async fn open_store_without_migrating(config: &Config) -> anyhow::Result<Arc<dyn
 }
 
 fn blob_store(config: &Config) -> anyhow::Result<BlobStore> {
-    if let Some(url) = config
-        .blob_store
-        .as_deref()
-        .filter(|b| b.contains("://") && !b.starts_with("file://"))
-    {
-        anyhow::bail!(
-            "--blob-store {url}: only a directory is supported so far (S3 is not built yet)"
-        );
-    }
-    let blobs = BlobStore::new(config.blob_dir());
+    let blobs = match config.blob_store.as_deref() {
+        Some(url) if url.starts_with("s3://") => BlobStore::s3(url)?,
+        Some(url) if url.contains("://") && !url.starts_with("file://") => {
+            anyhow::bail!("--blob-store {url}: expected a directory or s3://bucket/prefix")
+        }
+        _ => BlobStore::new(config.blob_dir()),
+    };
     blobs
         .ensure_dirs()
-        .with_context(|| format!("cannot create the blob store {}", blobs.root().display()))?;
+        .with_context(|| format!("cannot create the blob store {}", blobs.location()))?;
     Ok(blobs)
 }
 

@@ -27,7 +27,7 @@ use futures::Stream;
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Plaintext bytes per file segment: large enough to amortise the tag, small enough that
 /// streaming a 1 GB export needs only a few segments of memory.
@@ -332,9 +332,9 @@ impl Keyring {
     /// Stream the plaintext of an encrypted file (for downloads) in constant memory.
     /// A corrupt or truncated file ends the stream with an `InvalidData` error, so a
     /// consumer must treat the output as void unless the stream ends cleanly.
-    pub fn decrypt_file_stream(
+    pub fn decrypt_file_stream<R: AsyncRead + Unpin + Send + 'static>(
         &self,
-        file: tokio::fs::File,
+        file: R,
         aad: Vec<u8>,
     ) -> impl Stream<Item = io::Result<Vec<u8>>> + Send + 'static {
         let state = Some((file, self.decryptor(&aad), vec![0u8; ENC_SEGMENT_SIZE]));
@@ -616,11 +616,12 @@ impl<R: Read> Read for DecryptedReader<R> {
     }
 }
 
-/// Async encrypted file writer for uploads: encrypts as chunks arrive, so an upload never
-/// touches disk in clear and memory does not grow with its size. After a failed (or
-/// cancelled) `write` the file is incomplete and will fail to decrypt: discard it.
-pub struct AsyncEncryptedFile {
-    file: tokio::fs::File,
+/// Async encrypted writer for uploads: encrypts as chunks arrive, so an upload never
+/// touches disk or object storage in clear and memory does not grow with its size.
+/// After a failed (or cancelled) `write` the output is incomplete and will fail to
+/// decrypt: discard it.
+pub struct AsyncEncryptedFile<W = tokio::fs::File> {
+    file: W,
     enc: SegmentEncryptor,
     written: u64,
 }
@@ -628,7 +629,6 @@ pub struct AsyncEncryptedFile {
 impl AsyncEncryptedFile {
     /// Create (or truncate) `path` with mode 0600 and start an encrypted file in it.
     pub async fn create(keyring: &Keyring, path: &Path, aad: &[u8]) -> io::Result<Self> {
-        let enc = keyring.encryptor(aad);
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -636,8 +636,26 @@ impl AsyncEncryptedFile {
             .mode(0o600)
             .open(path)
             .await?;
-        let written = 0;
-        Ok(AsyncEncryptedFile { file, enc, written })
+        Ok(AsyncEncryptedFile::wrap(keyring, file, aad))
+    }
+
+    /// Write the final segment and fsync, so a reported upload survives a crash.
+    /// Returns the number of plaintext bytes written.
+    pub async fn finish(self) -> io::Result<u64> {
+        let (file, written) = self.finish_into().await?;
+        file.sync_all().await?;
+        Ok(written)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncEncryptedFile<W> {
+    /// Start an encrypted file in `inner` (e.g. a blob being uploaded to object storage).
+    pub fn wrap(keyring: &Keyring, inner: W, aad: &[u8]) -> Self {
+        AsyncEncryptedFile {
+            file: inner,
+            enc: keyring.encryptor(aad),
+            written: 0,
+        }
     }
 
     /// Encrypt and append a chunk of plaintext.
@@ -647,9 +665,9 @@ impl AsyncEncryptedFile {
         Ok(())
     }
 
-    /// Write the final segment and fsync, so a reported upload survives a crash.
-    /// Returns the number of plaintext bytes written.
-    pub async fn finish(self) -> io::Result<u64> {
+    /// Write the final segment and flush; returns the writer (to make it durable) and
+    /// the number of plaintext bytes written.
+    pub async fn finish_into(self) -> io::Result<(W, u64)> {
         let AsyncEncryptedFile {
             mut file,
             enc,
@@ -657,8 +675,7 @@ impl AsyncEncryptedFile {
         } = self;
         file.write_all(&enc.finish()).await?;
         file.flush().await?;
-        file.sync_all().await?;
-        Ok(written)
+        Ok((file, written))
     }
 }
 

@@ -33,7 +33,7 @@ impl Engine {
         let retention = chrono::Duration::from_std(self.settings.backup_retention)?;
         let mut report = CleanupReport::default();
         for (operation_id, blob) in self.store.expired_exports(at).await? {
-            self.blobs.remove(&blob);
+            self.blobs.remove(&blob).await;
             self.store.clear_output(operation_id).await?;
             report.export_files += 1;
         }
@@ -56,21 +56,16 @@ impl Engine {
 
     /// Removes uploaded files no operation will read again: their import has ended, or
     /// no operation exists (an upload refused or cut off). Files younger than an hour
-    /// are left alone: their upload may still be under way.
+    /// are left alone (`upload_grace`): their upload may still be under way.
     async fn purge_uploads(&self) -> anyhow::Result<u64> {
-        let dir = self.blobs.root().join("uploads");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(0);
-        };
         let mut removed = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
+        for entry in self.blobs.list("uploads").await? {
             let young = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .map(|t| t.elapsed().unwrap_or_default() < std::time::Duration::from_secs(3600))
+                .modified
+                .map(|t| t.elapsed().unwrap_or_default() < self.settings.upload_grace)
                 .unwrap_or(true);
-            let id = name
+            let id = entry
+                .file_name
                 .split('.')
                 .next()
                 .and_then(|s| uuid::Uuid::parse_str(s).ok());
@@ -81,7 +76,12 @@ impl Engine {
                 None => true,
                 Some(status) => status.is_final(),
             };
-            if ended && std::fs::remove_file(entry.path()).is_ok() {
+            if ended
+                && self
+                    .blobs
+                    .remove(&format!("uploads/{}", entry.file_name))
+                    .await
+            {
                 removed += 1;
             }
         }

@@ -4,14 +4,14 @@
 //! repeating is safe, and a stale attempt that wakes up later writes only its own file,
 //! which is never published (the completion that names the file is fenced).
 
-use std::io::{BufWriter, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
 
 use super::{Outcome, Run, RunError};
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, BlockingBlobWriter};
 use crate::crypto::EncryptedWriter;
 use crate::domain::now;
 use crate::domain::operation::Parameters;
@@ -21,7 +21,7 @@ use crate::store::Page;
 
 const EXPORT_PAGE: i64 = 1_000;
 
-type Sink = EncryptedWriter<BufWriter<std::fs::File>>;
+type Sink = EncryptedWriter<BlockingBlobWriter>;
 
 /// Lets the format encoder own a writer while the runner keeps the encrypted file, so
 /// that the final encrypted segment can be written after the encoder finishes.
@@ -29,6 +29,22 @@ type Sink = EncryptedWriter<BufWriter<std::fs::File>>;
 struct SharedSink {
     inner: Arc<Mutex<Option<Sink>>>,
     plaintext_bytes: Arc<AtomicU64>,
+    /// Set when writing to the blob store failed (a full disk, object storage away):
+    /// an outage worth retrying, unlike an encoder's refusal.
+    store_failed: Arc<AtomicBool>,
+}
+
+impl SharedSink {
+    /// What an error of the encoder (which writes through this sink) means.
+    fn error(&self, err: std::io::Error) -> RunError {
+        if self.store_failed.load(Ordering::Relaxed)
+            && err.kind() != std::io::ErrorKind::InvalidData
+        {
+            RunError::Transient(anyhow::Error::new(err).context("writing the export file"))
+        } else {
+            encoder_error(err)
+        }
+    }
 }
 
 impl Write for SharedSink {
@@ -40,7 +56,9 @@ impl Write for SharedSink {
         let sink = guard
             .as_mut()
             .ok_or_else(|| std::io::Error::other("export writer closed"))?;
-        let n = sink.write(buf)?;
+        let n = sink.write(buf).inspect_err(|_| {
+            self.store_failed.store(true, Ordering::Relaxed);
+        })?;
         self.plaintext_bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
@@ -123,12 +141,12 @@ pub async fn run(run: &Run<'_>, params: Parameters) -> Result<Outcome, RunError>
             })
         }
         Ok(None) => {
-            engine.blobs.remove(&name);
+            engine.blobs.remove(&name).await;
             Ok(cancelled(format))
         }
         Err(e) => {
             // Nobody will publish this attempt's file.
-            engine.blobs.remove(&name);
+            engine.blobs.remove(&name).await;
             Err(e)
         }
     }
@@ -153,23 +171,16 @@ async fn write_export<'f>(
     total: i64,
 ) -> Result<Option<(u64, i64)>, RunError> {
     let engine = run.engine;
-    let path = engine.blobs.path(name);
+    let file = engine.blobs.create_blocking(name).await?;
     let keyring = engine.keyring.clone();
     let aad = BlobStore::aad(name);
     let (sink, encoder) = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode_0600()
-            .open(&path)?;
         let sink = SharedSink {
-            inner: Arc::new(Mutex::new(Some(
-                keyring.encrypted_writer(BufWriter::new(file), &aad),
-            ))),
+            inner: Arc::new(Mutex::new(Some(keyring.encrypted_writer(file, &aad)))),
             plaintext_bytes: Arc::new(AtomicU64::new(0)),
+            store_failed: Arc::new(AtomicBool::new(false)),
         };
-        let encoder = new_writer(format, fields, sink.clone()).map_err(encoder_error)?;
+        let encoder = new_writer(format, fields, sink.clone()).map_err(|e| sink.error(e))?;
         Ok((sink, encoder))
     })
     .await
@@ -182,9 +193,12 @@ async fn write_export<'f>(
         let Some(last) = page.last() else { break };
         after = Some(last.id);
         exported += page.len() as i64;
+        let page_sink = sink.clone();
         encoder = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
             for patient in &page {
-                encoder.write_patient(patient).map_err(encoder_error)?;
+                encoder
+                    .write_patient(patient)
+                    .map_err(|e| page_sink.error(e))?;
             }
             Ok(encoder)
         })
@@ -202,31 +216,17 @@ async fn write_export<'f>(
     }
     let plaintext = sink.plaintext_bytes.clone();
     tokio::task::spawn_blocking(move || -> Result<(), RunError> {
-        encoder.finish().map_err(encoder_error)?;
+        encoder.finish().map_err(|e| sink.error(e))?;
         let finished = sink
             .inner
             .lock()
             .map_err(|_| RunError::Transient(anyhow::anyhow!("export writer poisoned")))?
             .take()
             .ok_or_else(|| RunError::Transient(anyhow::anyhow!("export writer closed twice")))?;
-        let buffered = finished.finish()?;
-        let file = buffered.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        finished.finish()?.commit()?;
         Ok(())
     })
     .await
     .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
     Ok(Some((plaintext.load(Ordering::Relaxed), exported)))
-}
-
-/// Files holding patient data are readable by their owner only.
-trait Mode0600 {
-    fn mode_0600(&mut self) -> &mut Self;
-}
-
-impl Mode0600 for std::fs::OpenOptions {
-    fn mode_0600(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.mode(0o600)
-    }
 }

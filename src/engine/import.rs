@@ -8,13 +8,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::io::BufReader;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::{undo, Outcome, Run, RunError};
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobStore, BlockingBlobReader};
 use crate::domain::operation::{ImportMode, OnError, Parameters};
 use crate::domain::patient::{DateFormat, Patient, PatientFields, RawValue};
 use crate::domain::{new_id, now};
@@ -39,7 +38,7 @@ pub struct ImportCursor {
     pub undo: Option<undo::UndoCursor>,
 }
 
-type Reader = CsvRecordReader<crate::crypto::DecryptedReader<BufReader<std::fs::File>>>;
+type Reader = CsvRecordReader<crate::crypto::DecryptedReader<BlockingBlobReader>>;
 
 struct Source {
     reader: Reader,
@@ -48,15 +47,9 @@ struct Source {
     column_of: HashMap<&'static str, String>,
 }
 
-/// Opens the upload and plans its columns (blocking file I/O: run it with
-/// `spawn_blocking`).
-fn open_source(
-    keyring: &crate::crypto::Keyring,
-    path: &std::path::Path,
-    blob: &str,
-    mapping: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Source, RunError> {
-    let file = std::fs::File::open(path).map_err(|e| {
+/// Opens the stored upload for the blocking reader.
+async fn open_upload(blobs: &BlobStore, blob: &str) -> Result<BlockingBlobReader, RunError> {
+    blobs.open_blocking(blob).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             // Removed from the blob store: retrying cannot bring it back.
             RunError::Failed {
@@ -68,8 +61,18 @@ fn open_source(
         } else {
             e.into()
         }
-    })?;
-    let plain = keyring.decrypted_reader(BufReader::new(file), &BlobStore::aad(blob));
+    })
+}
+
+/// Decrypts the upload and plans its columns (blocking reads: run it with
+/// `spawn_blocking`).
+fn open_source(
+    keyring: &crate::crypto::Keyring,
+    file: BlockingBlobReader,
+    blob: &str,
+    mapping: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Source, RunError> {
+    let plain = keyring.decrypted_reader(file, &BlobStore::aad(blob));
     let reader = csv_import::open(plain).map_err(file_error)?;
     let plan =
         csv_import::plan_columns(reader.header(), mapping).map_err(|errors| RunError::Failed {
@@ -190,10 +193,10 @@ async fn import_rows(
     let today = chrono::Utc::now().date_naive();
     // Opening, decrypting, parsing and the resume skip are blocking file work.
     let keyring = run.engine.keyring.clone();
-    let path = run.engine.blobs.path(&blob);
+    let file = open_upload(&run.engine.blobs, &blob).await?;
     let to_skip = cursor.records;
     let (mut source, mut seen) = blocking(move || {
-        let mut source = open_source(&keyring, &path, &blob, field_mapping.as_ref())?;
+        let mut source = open_source(&keyring, file, &blob, field_mapping.as_ref())?;
         // Skip what earlier attempts committed. The skipped rows are validated again
         // (without writing) so that `seen` holds exactly what an uninterrupted run has.
         let mut seen: HashSet<u64> = HashSet::new();

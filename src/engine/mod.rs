@@ -42,6 +42,9 @@ pub struct EngineSettings {
     pub backup_retention: Duration,
     pub shutdown_timeout: Duration,
     pub cleanup_interval: Duration,
+    /// Uploads younger than this are left alone by the cleanup even when no operation
+    /// needs them: their upload may still be under way (one hour; tests shorten it).
+    pub upload_grace: Duration,
 }
 
 impl EngineSettings {
@@ -56,6 +59,7 @@ impl EngineSettings {
             backup_retention: config.backup_retention,
             shutdown_timeout: config.shutdown_timeout,
             cleanup_interval: config.cleanup_interval,
+            upload_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -823,18 +827,19 @@ impl Engine {
                 if op.op_type == OperationType::Import {
                     // The upload holds patient data; once the import has ended nobody
                     // reads it.
-                    self.blobs.remove(&BlobStore::upload_name(op.id));
+                    self.blobs.remove(&BlobStore::upload_name(op.id)).await;
                 }
                 // Files of other attempts (a stale worker's, a crashed one's) are
                 // never published: remove them.
                 if op.op_type == OperationType::Export {
                     self.blobs
-                        .remove_exports_except(op.id, published.as_deref());
+                        .remove_exports_except(op.id, published.as_deref())
+                        .await;
                 }
             }
             (Finished::LeaseLost, _) if op.op_type == OperationType::Export => {
                 // This attempt's own file; the attempt that holds the lease writes its own.
-                self.blobs.remove_export_attempt(op.id, op.attempt);
+                self.blobs.remove_export_attempt(op.id, op.attempt).await;
             }
             _ => {}
         }

@@ -320,9 +320,13 @@ async fn download(
     if expires_at < now() {
         return Err(AppError::NotFound("export file"));
     }
-    let file = tokio::fs::File::open(state.engine.blobs.path(&blob))
-        .await
-        .map_err(|_| AppError::NotFound("export file"))?;
+    let file = match state.engine.blobs.open(&blob).await {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound("export file"))
+        }
+        Err(e) => return Err(AppError::Internal(e.into())),
+    };
     let format = op
         .result
         .as_ref()

@@ -80,28 +80,11 @@ pub async fn wait_for_progress(app: &TestApp, org: Uuid, id: &str, rows: i64) {
 
 /// The UNHCR numbers of the organization's live patients.
 pub async fn unhcr_numbers(app: &TestApp, org: Uuid) -> BTreeSet<String> {
-    let mut numbers = BTreeSet::new();
-    let mut after = None;
-    loop {
-        let page = app
-            .store
-            .scan_patients(haven::store::ops::PatientScan {
-                org,
-                filters: &Default::default(),
-                include_deleted: false,
-                imported_by: None,
-                page: haven::store::Page {
-                    after,
-                    limit: 5_000,
-                },
-            })
-            .await
-            .expect("scan");
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        numbers.extend(page.into_iter().filter_map(|p| p.fields.unhcr_number));
-    }
-    numbers
+    app.all_patients(org)
+        .await
+        .into_iter()
+        .filter_map(|p| p.fields.unhcr_number)
+        .collect()
 }
 
 /// The downloaded CSV, checked line for line against the organization's patients.

@@ -574,3 +574,31 @@ impl TestApp {
         (org, token)
     }
 }
+
+impl TestApp {
+    /// The organization's live patients, read from the store page by page.
+    pub async fn all_patients(&self, org: Uuid) -> Vec<haven::domain::patient::Patient> {
+        let mut patients = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self
+                .store
+                .scan_patients(haven::store::ops::PatientScan {
+                    org,
+                    filters: &Default::default(),
+                    include_deleted: false,
+                    imported_by: None,
+                    page: haven::store::Page {
+                        after,
+                        limit: 5_000,
+                    },
+                })
+                .await
+                .expect("scan");
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            patients.extend(page);
+        }
+        patients
+    }
+}

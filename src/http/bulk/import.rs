@@ -60,7 +60,7 @@ pub(super) async fn schedule_import(
         Err(e) => Err(e),
     };
     if result.is_err() {
-        state.engine.blobs.remove(&blob);
+        state.engine.blobs.remove(&blob).await;
     }
     result
 }
@@ -156,12 +156,16 @@ async fn check_header(
     blob: &str,
     mapping: Option<&BTreeMap<String, String>>,
 ) -> AppResult<Vec<FieldError>> {
-    let path = state.engine.blobs.path(blob);
+    let file = state
+        .engine
+        .blobs
+        .open_blocking(blob)
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
     let keyring = state.engine.keyring.clone();
     let aad = BlobStore::aad(blob);
     let mapping = mapping.cloned();
     tokio::task::spawn_blocking(move || -> std::io::Result<Vec<FieldError>> {
-        let file = std::io::BufReader::new(std::fs::File::open(path)?);
         let reader = match crate::formats::csv_import::open(keyring.decrypted_reader(file, &aad)) {
             Ok(r) => r,
             Err(e) => return Ok(vec![e.to_field_error()]),
@@ -191,10 +195,13 @@ async fn receive_upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let path = state.engine.blobs.path(blob);
-    let mut file = AsyncEncryptedFile::create(&state.engine.keyring, &path, &BlobStore::aad(blob))
+    let writer = state
+        .engine
+        .blobs
+        .create(blob)
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
+    let mut file = AsyncEncryptedFile::wrap(&state.engine.keyring, writer, &BlobStore::aad(blob));
     let mut utf8 = Utf8Check::default();
     let mut size: u64 = 0;
     let mut options = Map::new();
@@ -280,8 +287,12 @@ async fn receive_upload(
         options = body;
     }
     utf8.finish()?;
-    let size = file
-        .finish()
+    let (writer, size) = file
+        .finish_into()
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?;
+    writer
+        .commit()
         .await
         .map_err(|e| AppError::Internal(e.into()))?;
     Ok((options, size, got_file))
