@@ -101,7 +101,7 @@ fn row_cells(i: usize) -> ([String; 22], bool) {
         format!("UNH-{i:08}"),
         GIVEN[i % 8].to_string(),
         FAMILY[(i / 8) % 8].to_string(),
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             "Noor".into()
         } else {
             String::new()
@@ -119,12 +119,12 @@ fn row_cells(i: usize) -> ([String; 22], bool) {
         ["so", "en", "sw", "ar"][i % 4].to_string(),
         "so;sw".to_string(),
         BLOOD[i % 8].to_string(),
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             "penicillin".into()
         } else {
             String::new()
         },
-        if i % 7 == 0 {
+        if i.is_multiple_of(7) {
             "asthma;diabetes".into()
         } else {
             String::new()
