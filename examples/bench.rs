@@ -11,17 +11,23 @@
 //! target/release/examples/bench lag <sqlite|postgres> <count> <processes>
 //!   (scheduling lag of `count` dry-run exports due together, run by `processes`
 //!   separate `haven` processes; see `bench/lag.rs`)
+//! target/release/examples/bench suite <sqlite|postgres|both> <rows> [--perf DIR] [--out FILE]
+//!   (import, exports, update, delete and their rollbacks through the API of a real
+//!   `haven serve`, side by side with the database's own bulk tools; see `bench/suite.rs`)
 
 #[path = "bench/lag.rs"]
 mod lag;
+#[path = "bench/suite.rs"]
+mod suite;
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
 
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+/// A `KiB` line (`VmRSS:`, `VmHWM:`) of `/proc/<process>/status`.
+fn status_kib(process: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{process}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -29,6 +35,10 @@ fn rss_kib(field: &str) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+fn rss_kib(field: &str) -> u64 {
+    status_kib("self", field)
 }
 
 fn admin_url() -> String {
@@ -105,16 +115,64 @@ impl Client {
     }
 }
 
+/// Logs in through the API and returns the bearer token.
+async fn login(
+    http: &reqwest::Client,
+    base: &str,
+    email: &str,
+    password: &str,
+) -> anyhow::Result<String> {
+    let answer: Value = http
+        .post(format!("{base}/api/v2/auth/login"))
+        .json(&json!({"email": email, "password": password}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    answer["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no token in the login answer"))
+}
+
+/// Schedules an import of `csv` as a multipart upload; returns the operation.
+async fn upload(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    csv: String,
+    email_notification: bool,
+) -> anyhow::Result<Value> {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("bench.csv"),
+        )
+        .text("email_notification", email_notification.to_string());
+    Ok(http
+        .post(format!("{base}/api/v2/bulk/import/schedule"))
+        .bearer_auth(token)
+        .multipart(form)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// Runs a `COPY … TO STDOUT` and returns the bytes it sent.
+async fn copy_out(conn: &mut sqlx::PgConnection, sql: &str) -> anyhow::Result<usize> {
+    use futures::StreamExt;
+    let mut out = conn.copy_out_raw(sql).await?;
+    let mut bytes = 0usize;
+    while let Some(chunk) = out.next().await {
+        bytes += chunk?.len();
+    }
+    Ok(bytes)
+}
+
 /// Peak resident memory (KiB) of another process.
 fn peak_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    status_kib(&pid.to_string(), "VmHWM:")
 }
 
 /// Starts `target/release/haven serve` on a fresh data dir, imports and exports `rows`
@@ -155,35 +213,13 @@ async fn memory_run(rows: usize) -> anyhow::Result<()> {
         }
     }
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{base}/api/v2/auth/login"))
-        .json(&json!({"email": "admin@demo.local", "password": password}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let client = Client {
-        http,
-        base,
-        token: login["token"].as_str().unwrap_or_default().to_string(),
-    };
+    let token = login(&http, &base, "admin@demo.local", &password).await?;
+    let client = Client { http, base, token };
     let idle = peak_kib(pid);
     let csv = csv_rows(rows);
     let bytes = csv.len();
     let start = Instant::now();
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(csv.into_bytes()).file_name("bench.csv"),
-    );
-    let op: Value = client
-        .http
-        .post(format!("{}/api/v2/bulk/import/schedule", client.base))
-        .bearer_auth(&client.token)
-        .multipart(form)
-        .send()
-        .await?
-        .json()
-        .await?;
+    let op = upload(&client.http, &client.base, &client.token, csv, true).await?;
     let (_, import_wall) = client.wait(&op, start).await;
     let after_import = peak_kib(pid);
     let (_, export_wall) = client
@@ -208,6 +244,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("lag") {
         return lag::main(&args[2..]).await;
+    }
+    if args.get(1).map(String::as_str) == Some("suite") {
+        return suite::main(&args[2..]).await;
     }
     if args.get(1).map(String::as_str) == Some("memory") {
         println!("| rows | CSV size | import (multipart upload → completed) | server peak RSS idle | after import | export csv | after export |");
@@ -273,18 +312,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let http = reqwest::Client::new();
-    let login: Value = http
-        .post(format!("{base}/api/v2/auth/login"))
-        .json(&json!({"email": "bench@example.org", "password": "bench-password-long"}))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let client = Client {
-        http,
-        base,
-        token: login["token"].as_str().unwrap_or_default().to_string(),
-    };
+    let token = login(&http, &base, "bench@example.org", "bench-password-long").await?;
+    let client = Client { http, base, token };
 
     let csv = csv_rows(rows);
     let rss_before = rss_kib("VmRSS:");
@@ -376,18 +405,12 @@ async fn main() -> anyhow::Result<()> {
     copy.finish().await?;
     let copy_in = start.elapsed();
     let start = Instant::now();
-    let mut out = conn
-        .copy_out_raw(&format!(
-            "COPY {table} TO STDOUT WITH (FORMAT csv, HEADER true)"
-        ))
-        .await?;
-    let mut bytes = 0usize;
-    use futures::StreamExt;
-    while let Some(chunk) = out.next().await {
-        bytes += chunk?.len();
-    }
+    let bytes = copy_out(
+        &mut conn,
+        &format!("COPY {table} TO STDOUT WITH (FORMAT csv, HEADER true)"),
+    )
+    .await?;
     let copy_out = start.elapsed();
-    drop(out);
     println!("| reference: PostgreSQL COPY FROM STDIN (csv, same rows, no validation) | {:.2} s | {} | |", copy_in.as_secs_f64(), per_sec(rows, copy_in));
     println!(
         "| reference: PostgreSQL COPY TO STDOUT (csv, {bytes} bytes) | {:.2} s | {} | |",

@@ -1189,3 +1189,64 @@ dual_test!(
         );
     }
 );
+
+dual_test!(
+    a_csv_export_of_a_subset_of_fields_has_exactly_those_columns_for_every_row,
+    |app: TestApp| async move {
+        // 2,500 patients: several batches of the export's stream.
+        let (_, token) = manager(&app, "Kakuma Clinic").await;
+        let mut csv = String::from(
+            "unhcr_number,given_name,family_name,gender,date_of_birth,phone_number,languages_spoken,allergies\n",
+        );
+        for i in 0..2_500 {
+            csv.push_str(&format!(
+                "SUB-{i:05},Given{i},Family{i},female,1990-01-{:02},+2547{i:08},so;sw,{}\n",
+                1 + i % 28,
+                if i % 2 == 0 { "dust" } else { "" }
+            ));
+        }
+        let import = app.run_import(&token, &csv, json!({})).await;
+        assert_eq!(import["result"]["rows_imported"], 2_500, "{import}");
+        let fields = [
+            "version",
+            "allergies",
+            "phone_number",
+            "unhcr_number",
+            "updated_at",
+        ];
+        let op = run_export(&app, &token, json!({"format": "csv", "fields": fields})).await;
+        assert_eq!(op["result"]["rows_exported"], 2_500);
+        let text = String::from_utf8(downloaded_bytes(&app, &token, &op).await).unwrap();
+        let rows = csv_rows(&text);
+        assert_eq!(
+            rows[0], fields,
+            "the header is the requested fields, in order"
+        );
+        assert_eq!(rows.len(), 2_501);
+        let listed = patients(&app, &token, "&unhcr_numbers=SUB-00000,SUB-00001").await;
+        assert_eq!(listed.len(), 2);
+        let numbers: Vec<&str> = rows[1..].iter().map(|r| r[3].as_str()).collect();
+        let mut sorted = numbers.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 2_500, "every patient once");
+        for row in &rows[1..] {
+            assert_eq!(row.len(), fields.len(), "exactly those columns: {row:?}");
+            assert_eq!(row[0], "1");
+            assert!(row[2].starts_with("+2547"), "{row:?}");
+        }
+        for p in &listed {
+            let number = p["unhcr_number"].as_str().unwrap();
+            let row = rows[1..].iter().find(|r| r[3] == number).expect("exported");
+            let allergies: Vec<&str> = p["allergies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert_eq!(row[1], allergies.join(";"));
+            assert_eq!(row[2], p["phone_number"].as_str().unwrap());
+            assert_eq!(row[4], p["updated_at"].as_str().unwrap());
+        }
+    }
+);

@@ -327,3 +327,120 @@ dual_test!(
         );
     }
 );
+
+dual_test!(
+    duplicates_and_known_numbers_across_chunks_give_the_same_row_errors,
+    |app: TestApp| async move {
+        // 5,000 rows: more than two chunks of the import. Rows 0..100 exist already; the
+        // file repeats some of its own numbers further down, in later chunks, and holds
+        // a few invalid rows. Every mode must report each such row at its spreadsheet
+        // row, with the same code, whichever chunk it falls in.
+        let token = manager(&app).await;
+        let header = "unhcr_number,given_name,family_name,gender,current_camp,languages_spoken\n";
+        let mut existing = String::from(header);
+        for i in 0..100 {
+            existing.push_str(&format!("CH-{i:05},Old{i},Family{i},female,Kakuma,so\n"));
+        }
+        let first = app.run_import(&token, &existing, json!({})).await;
+        assert_eq!(first["result"]["rows_imported"], 100, "{first}");
+        let mut csv = String::from(header);
+        let mut in_file_duplicates = Vec::new();
+        let mut invalid = Vec::new();
+        for i in 0..5_000usize {
+            let row = i as i64 + 2;
+            let number = if i >= 2_000 && i % 997 == 0 {
+                in_file_duplicates.push(row);
+                format!("CH-{:05}", i - 1_500)
+            } else {
+                format!("CH-{i:05}")
+            };
+            let gender = if i % 1_201 == 600 {
+                invalid.push(row);
+                "robot"
+            } else {
+                "male"
+            };
+            csv.push_str(&format!(
+                "{number},New{i},Family{i},{gender},Dadaab,so;ar\n"
+            ));
+        }
+        let errors_of = |errors: &[Value]| -> Vec<(i64, String, String)> {
+            let mut list: Vec<(i64, String, String)> = errors
+                .iter()
+                .map(|e| {
+                    (
+                        e["row"].as_i64().unwrap(),
+                        e["column"].as_str().unwrap().to_string(),
+                        e["code"].as_str().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            list.sort();
+            list
+        };
+        let mut expected_common: Vec<(i64, String, String)> = in_file_duplicates
+            .iter()
+            .map(|r| (*r, "unhcr_number".to_string(), "duplicate".to_string()))
+            .chain(
+                invalid
+                    .iter()
+                    .map(|r| (*r, "gender".to_string(), "invalid_enum".to_string())),
+            )
+            .collect();
+        expected_common.sort();
+        let bad = (in_file_duplicates.len() + invalid.len()) as i64;
+        let known = (0..100)
+            .filter(|i| i % 1_201 != 600)
+            .map(|i| (i + 2, "unhcr_number".to_string(), "duplicate".to_string()));
+
+        // create: rows 0..100 are known numbers, each a `duplicate` error.
+        let create = app
+            .run_import(&token, &csv, json!({"mode": "create"}))
+            .await;
+        assert_eq!(create["status"], "completed", "{create}");
+        let mut expected: Vec<_> = expected_common.iter().cloned().chain(known).collect();
+        expected.sort();
+        let errors = app.row_errors(&token, create["id"].as_str().unwrap()).await;
+        assert_eq!(errors_of(&errors), expected);
+        assert_eq!(
+            create["result"]["rows_failed"],
+            expected.len() as i64,
+            "{create}"
+        );
+        assert_eq!(
+            create["result"]["rows_imported"],
+            5_000 - expected.len() as i64,
+            "{create}"
+        );
+
+        // skip_existing and upsert on a fresh organization's copy of the same state:
+        // known numbers are skipped or updated, the same rows fail.
+        for (mode, skipped, updated) in [("skip_existing", 100, 0), ("upsert", 0, 100)] {
+            let org = app.create_org(&format!("Org {mode}")).await;
+            let token = app.user_token(org, Role::DataManager).await;
+            app.run_import(&token, &existing, json!({})).await;
+            let op = app.run_import(&token, &csv, json!({"mode": mode})).await;
+            assert_eq!(op["status"], "completed", "{op}");
+            let errors = app.row_errors(&token, op["id"].as_str().unwrap()).await;
+            assert_eq!(errors_of(&errors), expected_common, "{mode}");
+            assert_eq!(op["result"]["rows_failed"], bad, "{mode}: {op}");
+            assert_eq!(op["result"]["rows_skipped"], skipped, "{mode}: {op}");
+            assert_eq!(op["result"]["rows_updated"], updated, "{mode}: {op}");
+            assert_eq!(
+                op["result"]["rows_imported"],
+                5_000 - 100 - bad,
+                "{mode}: {op}"
+            );
+        }
+        let upserted: Value = app
+            .get(&token, "/api/v2/patients?unhcr_numbers=CH-00001")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            upserted["patients"][0]["given_name"], "Old1",
+            "create left it"
+        );
+    }
+);

@@ -237,7 +237,9 @@ async fn install_delete_fault(app: &TestApp) {
 /// with its rows left: it stays undoing and is retried until the undo completes.
 async fn an_undo_interrupted_by_errors_is_retried_until_done(app: TestApp) {
     let (org, token) = organization(&app, "Kakuma Clinic").await;
-    let mut file = csv("UND", 3_000);
+    // 4,000 valid rows, a whole number of import chunks, then the invalid one in a
+    // chunk of its own: everything before it is written before the abort.
+    let mut file = csv("UND", 4_000);
     file.push_str("UND-BAD,Given,Family,not-a-gender,Kakuma\n");
     let import = schedule_import(&app, &token, &file, json!({"on_error": "abort"})).await;
     install_delete_fault(&app).await;
@@ -254,7 +256,7 @@ async fn an_undo_interrupted_by_errors_is_retried_until_done(app: TestApp) {
     assert_eq!(op["status"], "processing", "not failed half-undone: {op}");
     assert_eq!(op["undoing"], true, "{op}");
     assert_eq!(op["progress"]["phase"], "undoing", "{op}");
-    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 3_000);
+    assert_eq!(app.count("SELECT COUNT(*) FROM patients").await, 4_000);
     // A cancel now cannot change how it ends.
     let cancel = app
         .post_json(

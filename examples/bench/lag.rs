@@ -29,8 +29,8 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 
 /// The key every process of a run shares (base64 of bytes 0..32; a benchmark key).
-const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const PASSWORD: &str = "bench-lag-password-long";
+pub(crate) const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub(crate) const PASSWORD: &str = "bench-lag-password-long";
 /// Scheduling requests one user may make a minute (SPEC 10), with a margin.
 const PER_USER: usize = 50;
 /// Operations an organization may have waiting (SPEC 10).
@@ -39,13 +39,13 @@ const MAX_SCHEDULED_PER_ORG: usize = 1_000;
 const SCHEDULING_CONCURRENCY: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 impl Backend {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
@@ -82,17 +82,49 @@ struct Args {
 }
 
 /// The processes and the database of one run; `cleanup` ends and removes them.
-struct Run {
-    dir: tempfile::TempDir,
-    db_url: String,
-    pg_name: Option<String>,
-    children: Vec<(String, tokio::process::Child)>,
+pub(crate) struct Run {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) db_url: String,
+    pub(crate) pg_name: Option<String>,
+    pub(crate) children: Vec<(String, tokio::process::Child)>,
+    /// The haven binary (default `target/release/haven`).
+    pub(crate) bin: PathBuf,
 }
 
 impl Run {
-    fn haven(&self) -> tokio::process::Command {
-        let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/haven");
-        let mut cmd = tokio::process::Command::new(bin);
+    /// A fresh data dir and database: on PostgreSQL a new database `<prefix>_<uuid>`,
+    /// on SQLite a file in the data dir.
+    pub(crate) async fn new(backend: Backend, prefix: &str) -> anyhow::Result<Run> {
+        let dir = tempfile::tempdir()?;
+        let (db_url, pg_name) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("haven.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let admin = crate::admin_url();
+                let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .with_context(|| format!("connecting to {admin} (HAVEN_TEST_POSTGRES_URL)"))?;
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await?;
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                (format!("{base}/{name}"), Some(name))
+            }
+        };
+        Ok(Run {
+            dir,
+            db_url,
+            pg_name,
+            children: Vec::new(),
+            bin: Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/haven"),
+        })
+    }
+
+    pub(crate) fn haven(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(["--database-url", &self.db_url])
             .arg("--data-dir")
             .arg(self.dir.path())
@@ -104,12 +136,12 @@ impl Run {
         cmd
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
     }
 
     /// Runs `haven <args>` to the end and returns the last line it printed.
-    async fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) async fn admin(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self
             .haven()
             .args(args)
@@ -129,7 +161,7 @@ impl Run {
     }
 
     /// Starts `haven <command>` with its stdout and stderr in `<data-dir>/<name>.{out,log}`.
-    fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
         let out = std::fs::File::create(self.dir.path().join(format!("{name}.out")))?;
         let log = std::fs::File::create(self.log(name))?;
         let child = self
@@ -144,7 +176,11 @@ impl Run {
     }
 
     /// Waits until `<data-dir>/<file>` has a line containing `needle`; returns the line.
-    async fn wait_for_line(&mut self, file: &str, needle: &str) -> anyhow::Result<String> {
+    pub(crate) async fn wait_for_line(
+        &mut self,
+        file: &str,
+        needle: &str,
+    ) -> anyhow::Result<String> {
         let path = self.dir.path().join(file);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -167,8 +203,22 @@ impl Run {
         }
     }
 
+    /// Starts `haven serve` with `args` (which start with `serve`) and returns its
+    /// base URL once it listens.
+    pub(crate) async fn serve(&mut self, args: &[&str]) -> anyhow::Result<String> {
+        self.spawn("serve", args)?;
+        let line = self
+            .wait_for_line("serve.out", "is listening on http://")
+            .await?;
+        line.split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .map(|s| format!("http://{}", s.trim_end_matches('/')))
+            .context("no address in the serve line")
+    }
+
     /// Lines of a process's log at WARN or ERROR level.
-    fn warnings(&self, name: &str) -> Vec<String> {
+    pub(crate) fn warnings(&self, name: &str) -> Vec<String> {
         std::fs::read_to_string(self.log(name))
             .unwrap_or_default()
             .lines()
@@ -179,7 +229,7 @@ impl Run {
 
     /// Kills the processes (each by its own handle), drops the PostgreSQL database and
     /// removes the data dir.
-    async fn cleanup(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn cleanup(mut self) -> anyhow::Result<()> {
         for (_, child) in &mut self.children {
             let _ = child.kill().await;
         }
@@ -264,7 +314,7 @@ async fn send(
     Ok((status, body))
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -295,31 +345,7 @@ pub async fn main(args: &[String]) -> anyhow::Result<()> {
         "{per_org} operations an organization is over its limit of {MAX_SCHEDULED_PER_ORG} waiting: raise --orgs"
     );
     let load_before = load_average();
-    let dir = tempfile::tempdir()?;
-    let (db_url, pg_name) = match args.backend {
-        Backend::Sqlite => (
-            format!("sqlite://{}", dir.path().join("haven.db").display()),
-            None,
-        ),
-        Backend::Postgres => {
-            let admin = crate::admin_url();
-            let name = format!("haven_bench_lag_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&admin)
-                .await
-                .with_context(|| format!("connecting to {admin} (HAVEN_TEST_POSTGRES_URL)"))?;
-            sqlx::query(&format!("CREATE DATABASE {name}"))
-                .execute(&mut conn)
-                .await?;
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
-            (format!("{base}/{name}"), Some(name))
-        }
-    };
-    let mut run = Run {
-        dir,
-        db_url,
-        pg_name,
-        children: Vec::new(),
-    };
+    let mut run = Run::new(args.backend, "haven_bench_lag").await?;
     let outcome = measure(&args, &mut run, &load_before).await;
     let cleaned = run.cleanup().await;
     outcome?;
@@ -363,16 +389,7 @@ async fn measure(args: &Args, run: &mut Run, load_before: &str) -> anyhow::Resul
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut serve = vec!["serve", "--listen", "127.0.0.1:0", "--no-bootstrap"];
     serve.extend(&flags);
-    run.spawn("serve", &serve)?;
-    let line = run
-        .wait_for_line("serve.out", "is listening on http://")
-        .await?;
-    let base = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .map(|s| format!("http://{}", s.trim_end_matches('/')))
-        .context("no address in the serve line")?;
+    let base = run.serve(&serve).await?;
     for w in 1..args.processes {
         let mut worker = vec!["worker"];
         worker.extend(&flags);

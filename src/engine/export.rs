@@ -1,5 +1,5 @@
-//! Export runner: streams patients page by page into the format encoder, through the
-//! encryption, into a file in the blob store. Memory holds one page, whatever the size.
+//! Export runner: streams patients from one query into the format encoder, through the
+//! encryption, into a file in the blob store. Memory holds a few pages, whatever the size.
 //! A resumed export starts over in a file of its own attempt: it changes nothing, so
 //! repeating is safe, and a stale attempt that wakes up later writes only its own file,
 //! which is never published (the completion that names the file is fenced).
@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -15,11 +16,17 @@ use crate::blobs::{BlobStore, BlockingBlobWriter};
 use crate::crypto::EncryptedWriter;
 use crate::domain::now;
 use crate::domain::operation::Parameters;
+use crate::domain::patient::{Patient, SYSTEM_FIELDS, WRITABLE_FIELDS};
 use crate::formats::export::{new_writer, ExportFormat};
 use crate::store::ops::{Chunk, PatientScan};
 use crate::store::Page;
 
+/// Rows handed from the database to the encoder at a time.
 const EXPORT_PAGE: i64 = 1_000;
+/// Progress is committed this long after the last commit...
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// ...or this many rows after it, whichever comes first.
+const PROGRESS_ROWS: i64 = 10_000;
 
 type Sink = EncryptedWriter<BlockingBlobWriter>;
 
@@ -174,6 +181,16 @@ async fn write_export<'f>(
     let file = engine.blobs.create_blocking(name).await?;
     let keyring = engine.keyring.clone();
     let aad = BlobStore::aad(name);
+    // NDJSON's FHIR resources use every field; the other formats the requested ones.
+    let columns: Vec<String> = if format == ExportFormat::Ndjson {
+        SYSTEM_FIELDS
+            .iter()
+            .chain(WRITABLE_FIELDS.iter())
+            .map(|f| f.to_string())
+            .collect()
+    } else {
+        fields.clone()
+    };
     let (sink, encoder) = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
         let sink = SharedSink {
             inner: Arc::new(Mutex::new(Some(keyring.encrypted_writer(file, &aad)))),
@@ -185,34 +202,62 @@ async fn write_export<'f>(
     })
     .await
     .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
-    let mut encoder = encoder;
-    let mut after = None;
-    let mut exported = 0i64;
-    loop {
-        let page = engine.store.scan_patients(scan(after)).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        exported += page.len() as i64;
-        let page_sink = sink.clone();
-        encoder = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+    // Encoding, encryption and file writes run on a blocking thread while the next
+    // rows arrive from the database.
+    let (to_encoder, mut pages) = tokio::sync::mpsc::channel::<Vec<Patient>>(2);
+    let page_sink = sink.clone();
+    let encoding = tokio::task::spawn_blocking(move || -> Result<_, RunError> {
+        let mut encoder = encoder;
+        while let Some(page) = pages.blocking_recv() {
             for patient in &page {
                 encoder
                     .write_patient(patient)
                     .map_err(|e| page_sink.error(e))?;
             }
-            Ok(encoder)
-        })
+        }
+        Ok(encoder)
+    });
+    let scan = scan(None);
+    let mut rows = engine.store.stream_patients(
+        scan.org,
+        scan.filters.clone(),
+        scan.include_deleted,
+        &columns,
+        EXPORT_PAGE as usize,
+    );
+    let mut exported = 0i64;
+    let mut committed_at = (Instant::now(), 0i64);
+    let mut cancelled = false;
+    while let Some(page) = rows.recv().await {
+        let page = page?;
+        exported += page.len() as i64;
+        if to_encoder.send(page).await.is_err() {
+            // The encoder stopped on an error, which its join below returns.
+            break;
+        }
+        // Progress (and the cancel check) once a second or PROGRESS_ROWS rows after
+        // the last, whichever comes first, not per page: an export changes nothing, so
+        // nothing must be atomic with its progress, and each commit is a write
+        // transaction.
+        if committed_at.0.elapsed() >= PROGRESS_EVERY || exported - committed_at.1 >= PROGRESS_ROWS
+        {
+            if run.commit(progress(exported, total)).await? {
+                cancelled = true;
+                break;
+            }
+            committed_at = (Instant::now(), exported);
+        }
+    }
+    drop(rows);
+    drop(to_encoder);
+    let encoder = encoding
         .await
         .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
-        let chunk = Chunk {
-            processed: exported,
-            total: Some(total),
-            cursor: String::new(),
-            ..Default::default()
-        };
-        if run.commit(chunk).await? {
-            return Ok(None);
-        }
+    if cancelled {
+        return Ok(None);
+    }
+    if exported > committed_at.1 && run.commit(progress(exported, total)).await? {
+        return Ok(None);
     }
     let plaintext = sink.plaintext_bytes.clone();
     tokio::task::spawn_blocking(move || -> Result<(), RunError> {
@@ -229,4 +274,14 @@ async fn write_export<'f>(
     .await
     .map_err(|e| RunError::Transient(anyhow::anyhow!("export task: {e}")))??;
     Ok(Some((plaintext.load(Ordering::Relaxed), exported)))
+}
+
+/// A chunk that commits only the export's progress (an export writes nothing else).
+fn progress(exported: i64, total: i64) -> Chunk {
+    Chunk {
+        processed: exported,
+        total: Some(total),
+        cursor: String::new(),
+        ..Default::default()
+    }
 }

@@ -12,6 +12,7 @@ use crate::domain::operation::Parameters;
 use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
 use crate::store::Page;
 
+/// Patients a chunk of an update or delete changes, in one transaction with the cursor.
 const MODIFY_PAGE: i64 = 500;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

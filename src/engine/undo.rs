@@ -19,6 +19,7 @@ pub use crate::store::ops::Conflict;
 use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
 use crate::store::Page;
 
+/// Patients an undo chunk removes or restores, in one transaction with the cursor.
 const UNDO_CHUNK: i64 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -201,13 +202,18 @@ pub async fn undo_operation(
         };
         let next_after = Some(last.patient_id);
         let ids: Vec<Uuid> = backups.iter().map(|b| b.patient_id).collect();
-        let current = store.patients_by_id(org, &ids).await?;
+        let current: std::collections::HashMap<Uuid, crate::domain::patient::Patient> = store
+            .patients_by_id(org, &ids)
+            .await?
+            .into_iter()
+            .map(|p| (p.id, p))
+            .collect();
         let mut chunk = Chunk::default();
         let mut restored = 0;
         let mut conflicts = Vec::new();
         let mut images = Vec::new();
         for backup in &backups {
-            let Some(patient) = current.iter().find(|p| p.id == backup.patient_id) else {
+            let Some(patient) = current.get(&backup.patient_id) else {
                 conflicts.push(Conflict {
                     patient_id: backup.patient_id,
                     reason: "the patient no longer exists".into(),

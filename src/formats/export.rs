@@ -135,7 +135,11 @@ pub fn new_writer<W: Write + Send + 'static>(
         ExportFormat::Csv => {
             let mut out = BufWriter::new(out);
             write_csv_record(&mut out, fields.iter().map(|f| (f, false)))?;
-            Box::new(CsvExport { out, fields })
+            Box::new(CsvExport {
+                out,
+                fields,
+                cell: String::new(),
+            })
         }
         ExportFormat::Json => {
             let mut out = BufWriter::new(out);
@@ -209,10 +213,74 @@ pub fn spreadsheet_safe(field: &str, text: String) -> String {
     }
 }
 
-/// The spreadsheet-safe text of one field of one patient.
-fn cell_text(patient: &Patient, field: &str) -> String {
-    let value = patient.get_json(field).unwrap_or(Value::Null);
-    spreadsheet_safe(field, render(&value))
+/// Appends the text of one field of one patient as [`render`] writes its JSON value
+/// (null and unknown fields as nothing, lists joined with `;`), without building the
+/// JSON value: the CSV export calls this for every cell.
+fn push_text(patient: &Patient, field: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    let f = &patient.fields;
+    let some = |value: &Option<String>, out: &mut String| {
+        if let Some(v) = value {
+            out.push_str(v);
+        }
+    };
+    let list = |items: &[String], out: &mut String| {
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                out.push(';');
+            }
+            out.push_str(item);
+        }
+    };
+    match field {
+        "id" => {
+            let _ = write!(out, "{}", patient.id);
+        }
+        "organization_id" => {
+            let _ = write!(out, "{}", patient.organization_id);
+        }
+        "created_at" => out.push_str(&crate::domain::rfc3339(&patient.created_at)),
+        "updated_at" => out.push_str(&crate::domain::rfc3339(&patient.updated_at)),
+        "version" => {
+            let _ = write!(out, "{}", patient.version);
+        }
+        "deleted_at" => {
+            if let Some(t) = &patient.deleted_at {
+                out.push_str(&crate::domain::rfc3339(t));
+            }
+        }
+        "given_name" => out.push_str(&f.given_name),
+        "family_name" => out.push_str(&f.family_name),
+        "gender" => out.push_str(&f.gender),
+        "unhcr_number" => some(&f.unhcr_number, out),
+        "middle_names" => some(&f.middle_names, out),
+        "date_of_birth" => {
+            if let Some(d) = f.date_of_birth {
+                let _ = write!(out, "{}", d.format("%Y-%m-%d"));
+            }
+        }
+        "estimated_birth_year" => {
+            if let Some(y) = f.estimated_birth_year {
+                let _ = write!(out, "{y}");
+            }
+        }
+        "place_of_birth" => some(&f.place_of_birth, out),
+        "refugee_status" => some(&f.refugee_status, out),
+        "origin_country" => some(&f.origin_country, out),
+        "current_camp" => some(&f.current_camp, out),
+        "camp_section" => some(&f.camp_section, out),
+        "phone_number" => some(&f.phone_number, out),
+        "email" => some(&f.email, out),
+        "primary_language" => some(&f.primary_language, out),
+        "languages_spoken" => list(&f.languages_spoken, out),
+        "blood_type" => some(&f.blood_type, out),
+        "allergies" => list(&f.allergies, out),
+        "chronic_conditions" => list(&f.chronic_conditions, out),
+        "emergency_contact_name" => some(&f.emergency_contact_name, out),
+        "emergency_contact_phone" => some(&f.emergency_contact_phone, out),
+        "verification_status" => out.push_str(&f.verification_status),
+        _ => {}
+    }
 }
 
 /// Writes one CSV record (RFC 4180 quoting, `\n` line ends). Each cell comes with whether
@@ -239,20 +307,7 @@ fn write_csv_record<W: Write, S: AsRef<str>>(
             out.write_all(b",")?;
         }
         count += 1;
-        if always_quote || text.contains([',', '"', '\r', '\n']) {
-            out.write_all(b"\"")?;
-            for (i, part) in text.split('"').enumerate() {
-                if i > 0 {
-                    out.write_all(b"\"\"")?;
-                }
-                out.write_all(part.as_bytes())?;
-            }
-            out.write_all(b"\"")?;
-            bare_empty = false;
-        } else {
-            out.write_all(text.as_bytes())?;
-            bare_empty = text.is_empty();
-        }
+        bare_empty = write_csv_cell(out, "", text, always_quote)?;
     }
     if count == 1 && bare_empty {
         // A record of one empty cell would be a blank line, which readers skip.
@@ -261,18 +316,65 @@ fn write_csv_record<W: Write, S: AsRef<str>>(
     out.write_all(b"\n")
 }
 
+/// Writes `prefix` and `text` as one CSV cell, quoted when `always_quote` or when the
+/// text holds a comma, a quote, CR or LF; returns whether it was written as a bare
+/// empty cell.
+fn write_csv_cell<W: Write>(
+    out: &mut W,
+    prefix: &str,
+    text: &str,
+    always_quote: bool,
+) -> io::Result<bool> {
+    if always_quote || text.contains([',', '"', '\r', '\n']) {
+        out.write_all(b"\"")?;
+        out.write_all(prefix.as_bytes())?;
+        for (i, part) in text.split('"').enumerate() {
+            if i > 0 {
+                out.write_all(b"\"\"")?;
+            }
+            out.write_all(part.as_bytes())?;
+        }
+        out.write_all(b"\"")?;
+        Ok(false)
+    } else {
+        out.write_all(prefix.as_bytes())?;
+        out.write_all(text.as_bytes())?;
+        Ok(prefix.is_empty() && text.is_empty())
+    }
+}
+
 struct CsvExport<W: Write> {
     out: BufWriter<W>,
     fields: Vec<String>,
+    /// The cell being written (reused: no allocation per cell).
+    cell: String,
 }
 
 impl<W: Write + Send> ExportWriter for CsvExport<W> {
+    /// Writes what [`write_csv_record`] writes for the spreadsheet-safe cells
+    /// ([`spreadsheet_safe`]), phone cells always quoted, without a `String` per cell.
     fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
-        let cells = self
-            .fields
-            .iter()
-            .map(|field| (cell_text(patient, field), is_phone_field(field)));
-        write_csv_record(&mut self.out, cells)
+        let CsvExport { out, fields, cell } = self;
+        let mut bare_empty = false;
+        for (k, field) in fields.iter().enumerate() {
+            if k > 0 {
+                out.write_all(b",")?;
+            }
+            cell.clear();
+            push_text(patient, field, cell);
+            let phone = is_phone_field(field);
+            let prefix = if formula_risk(cell) && !(phone && is_e164(cell)) {
+                "'"
+            } else {
+                ""
+            };
+            bare_empty = write_csv_cell(out, prefix, cell, phone)?;
+        }
+        if fields.len() == 1 && bare_empty {
+            // A record of one empty cell would be a blank line, which readers skip.
+            out.write_all(b"\"\"")?;
+        }
+        out.write_all(b"\n")
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {
@@ -470,6 +572,45 @@ mod tests {
         writer.finish().expect("finish");
         let bytes = sink.0.lock().expect("lock").clone();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The CSV writer renders cells itself; it must write exactly what the generic
+    /// path (JSON value, `render`, `spreadsheet_safe`, `write_csv_record`) writes, for
+    /// every field, with empty, risky, quoted and one-column records.
+    #[test]
+    fn csv_cells_match_the_json_rendering_for_every_field() {
+        let mut patients = injection_patients();
+        let mut full = patient(7, "Amina, \"Ami\"", "+254711000301");
+        full.deleted_at = Some(full.created_at);
+        full.fields.middle_names = Some("=1+2".into());
+        full.fields.allergies = vec!["-dust".into(), "pollen".into()];
+        full.fields.email = Some("a@b.org".into());
+        full.fields.emergency_contact_phone = Some("+25471100".into());
+        full.fields.place_of_birth = Some("line\nbreak".into());
+        patients.push(full);
+        let mut empty = patient(8, "x", "");
+        empty.fields = PatientFields::new_draft();
+        patients.push(empty);
+        let all: Vec<&str> = SYSTEM_FIELDS
+            .iter()
+            .chain(WRITABLE_FIELDS.iter())
+            .copied()
+            .collect();
+        let mut field_sets: Vec<Vec<&str>> = all.iter().map(|f| vec![*f]).collect();
+        field_sets.push(all.clone());
+        for fields in field_sets {
+            let fast = export(ExportFormat::Csv, &fields.join(" "), &patients);
+            let mut generic = Vec::new();
+            write_csv_record(&mut generic, fields.iter().map(|f| (*f, false))).expect("header");
+            for p in &patients {
+                let cells = fields.iter().map(|f| {
+                    let value = p.get_json(f).unwrap_or(Value::Null);
+                    (spreadsheet_safe(f, render(&value)), is_phone_field(f))
+                });
+                write_csv_record(&mut generic, cells).expect("record");
+            }
+            assert_eq!(fast, String::from_utf8_lossy(&generic), "{fields:?}");
+        }
     }
 
     #[test]

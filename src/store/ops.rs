@@ -265,6 +265,20 @@ pub trait OpsStore: Send + Sync {
     /// A page of patients (by id) matching a scan.
     async fn scan_patients(&self, scan: PatientScan<'_>) -> StoreResult<Vec<Patient>>;
     async fn count_patients(&self, scan: PatientScan<'_>) -> StoreResult<i64>;
+    /// The live (or all, with `include_deleted`) patients of an organization matching
+    /// `filters`, by id, read by one query and handed over in batches of `batch`
+    /// through the returned channel (which holds at most two batches: memory does not
+    /// grow with the result). Only `columns` are decoded, besides `id`: other fields
+    /// keep their empty defaults. A name that is not a patient column is ignored.
+    /// Dropping the receiver ends the query.
+    fn stream_patients(
+        &self,
+        org: Uuid,
+        filters: PatientFilters,
+        include_deleted: bool,
+        columns: &[String],
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<StoreResult<Vec<Patient>>>;
     /// Patients by id, whatever their deletion state, within the organization.
     async fn patients_by_id(&self, org: Uuid, ids: &[Uuid]) -> StoreResult<Vec<Patient>>;
     /// A page of an operation's before-images, by patient id.

@@ -710,50 +710,7 @@ macro_rules! ops_store_impl {
                 let Some((cancel_requested, progress_due)) = fence else {
                     return Ok(ChunkOutcome::LeaseLost);
                 };
-                if !chunk.inserts.is_empty() {
-                    // Multi-row INSERTs of at most 500 rows keep under both backends'
-                    // bound-parameter limits (29 columns each).
-                    for batch in chunk.inserts.chunks(500) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                            "INSERT INTO patients ({}) ",
-                            $crate::store::sql::PATIENT_COLUMNS
-                        ));
-                        qb.push_values(batch, |mut b, p| {
-                            use $crate::store::sql::list_to_text;
-                            let f = &p.fields;
-                            b.push_bind(p.id)
-                                .push_bind(p.organization_id)
-                                .push_bind(f.given_name.clone())
-                                .push_bind(f.family_name.clone())
-                                .push_bind(f.gender.clone())
-                                .push_bind(f.unhcr_number.clone())
-                                .push_bind(f.middle_names.clone())
-                                .push_bind(f.date_of_birth)
-                                .push_bind(f.estimated_birth_year)
-                                .push_bind(f.place_of_birth.clone())
-                                .push_bind(f.refugee_status.clone())
-                                .push_bind(f.origin_country.clone())
-                                .push_bind(f.current_camp.clone())
-                                .push_bind(f.camp_section.clone())
-                                .push_bind(f.phone_number.clone())
-                                .push_bind(f.email.clone())
-                                .push_bind(f.primary_language.clone())
-                                .push_bind(list_to_text(&f.languages_spoken))
-                                .push_bind(f.blood_type.clone())
-                                .push_bind(list_to_text(&f.allergies))
-                                .push_bind(list_to_text(&f.chronic_conditions))
-                                .push_bind(f.emergency_contact_name.clone())
-                                .push_bind(f.emergency_contact_phone.clone())
-                                .push_bind(f.verification_status.clone())
-                                .push_bind(p.created_at)
-                                .push_bind(p.updated_at)
-                                .push_bind(p.version)
-                                .push_bind(p.deleted_at)
-                                .push_bind(p.import_operation_id);
-                        });
-                        qb.build().execute(&mut *tx).await.map_err($crate::store::sql::classify)?;
-                    }
-                }
+                Self::insert_patients(&mut tx, &chunk.inserts).await?;
                 if let Some(conflict) = Self::write_patients(&mut tx, op.organization_id, &chunk.writes, now).await? {
                     return Ok(ChunkOutcome::Conflict(conflict));
                 }
@@ -1063,6 +1020,69 @@ macro_rules! ops_store_impl {
                 qb.push(" ORDER BY id LIMIT ").push_bind(scan.page.limit);
                 let rows = qb.build().fetch_all(self.reader()).await?;
                 rows.iter().map(Self::patient_from_row).collect()
+            }
+
+            fn stream_patients(
+                &self,
+                org: uuid::Uuid,
+                filters: $crate::domain::filters::PatientFilters,
+                include_deleted: bool,
+                columns: &[String],
+                batch: usize,
+            ) -> tokio::sync::mpsc::Receiver<$crate::store::StoreResult<Vec<$crate::domain::patient::Patient>>> {
+                use $crate::domain::patient::{SYSTEM_FIELDS, WRITABLE_FIELDS};
+                // Names from the allow-list only (they are put into the SQL text).
+                let columns: Vec<&'static str> = SYSTEM_FIELDS
+                    .iter()
+                    .chain(WRITABLE_FIELDS.iter())
+                    .copied()
+                    .filter(|c| *c != "id" && columns.iter().any(|w| w == c))
+                    .collect();
+                let batch = batch.max(1);
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let store = self.clone();
+                tokio::spawn(async move {
+                    use futures::TryStreamExt;
+                    let scan = $crate::store::ops::PatientScan {
+                        org,
+                        filters: &filters,
+                        include_deleted,
+                        imported_by: None,
+                        page: $crate::store::Page { after: None, limit: 0 },
+                    };
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id");
+                    for column in &columns {
+                        qb.push(", ").push(*column);
+                    }
+                    Self::push_scan(&mut qb, &scan);
+                    qb.push(" ORDER BY id");
+                    let mut rows = qb.build().fetch(store.reader());
+                    let mut page = Vec::with_capacity(batch);
+                    loop {
+                        let patient = match rows.try_next().await {
+                            Ok(Some(row)) => Self::patient_from_columns(&row, &columns, org),
+                            Ok(None) => break,
+                            Err(e) => Err(e.into()),
+                        };
+                        match patient {
+                            Ok(p) => page.push(p),
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        }
+                        if page.len() >= batch {
+                            let full = std::mem::replace(&mut page, Vec::with_capacity(batch));
+                            if tx.send(Ok(full)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if !page.is_empty() {
+                        let _ = tx.send(Ok(page)).await;
+                    }
+                });
+                rx
             }
 
             async fn count_patients(&self, scan: $crate::store::ops::PatientScan<'_>) -> $crate::store::StoreResult<i64> {

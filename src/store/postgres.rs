@@ -92,6 +92,78 @@ impl PgStore {
 }
 
 impl PgStore {
+    /// Inserts new patients with one statement over arrays, one per column: 29
+    /// parameters whatever the number of rows, and one plan PostgreSQL keeps (a
+    /// multi-row VALUES list of 500 rows bound 14,500 parameters, parsed and planned
+    /// for each chunk).
+    async fn insert_patients(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        patients: &[crate::domain::patient::Patient],
+    ) -> StoreResult<()> {
+        use super::sql::list_to_text;
+        use crate::domain::patient::PatientFields;
+        if patients.is_empty() {
+            return Ok(());
+        }
+        fn column<'a, T>(
+            patients: &'a [crate::domain::patient::Patient],
+            get: impl Fn(&'a crate::domain::patient::Patient) -> T,
+        ) -> Vec<T> {
+            patients.iter().map(get).collect()
+        }
+        let text = |get: fn(&PatientFields) -> Option<&str>| -> Vec<Option<&str>> {
+            patients.iter().map(|p| get(&p.fields)).collect()
+        };
+        let list = |get: fn(&PatientFields) -> &[String]| -> Vec<String> {
+            patients
+                .iter()
+                .map(|p| list_to_text(get(&p.fields)))
+                .collect()
+        };
+        sqlx::query(&format!(
+            "INSERT INTO patients ({}) SELECT * FROM UNNEST($1::uuid[], $2::uuid[], \
+             $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::date[], \
+             $9::bigint[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], \
+             $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], \
+             $21::text[], $22::text[], $23::text[], $24::text[], $25::timestamptz[], \
+             $26::timestamptz[], $27::bigint[], $28::timestamptz[], $29::uuid[])",
+            super::sql::PATIENT_COLUMNS
+        ))
+        .bind(column(patients, |p| p.id))
+        .bind(column(patients, |p| p.organization_id))
+        .bind(text(|f| Some(f.given_name.as_str())))
+        .bind(text(|f| Some(f.family_name.as_str())))
+        .bind(text(|f| Some(f.gender.as_str())))
+        .bind(text(|f| f.unhcr_number.as_deref()))
+        .bind(text(|f| f.middle_names.as_deref()))
+        .bind(column(patients, |p| p.fields.date_of_birth))
+        .bind(column(patients, |p| p.fields.estimated_birth_year))
+        .bind(text(|f| f.place_of_birth.as_deref()))
+        .bind(text(|f| f.refugee_status.as_deref()))
+        .bind(text(|f| f.origin_country.as_deref()))
+        .bind(text(|f| f.current_camp.as_deref()))
+        .bind(text(|f| f.camp_section.as_deref()))
+        .bind(text(|f| f.phone_number.as_deref()))
+        .bind(text(|f| f.email.as_deref()))
+        .bind(text(|f| f.primary_language.as_deref()))
+        .bind(list(|f| &f.languages_spoken))
+        .bind(text(|f| f.blood_type.as_deref()))
+        .bind(list(|f| &f.allergies))
+        .bind(list(|f| &f.chronic_conditions))
+        .bind(text(|f| f.emergency_contact_name.as_deref()))
+        .bind(text(|f| f.emergency_contact_phone.as_deref()))
+        .bind(text(|f| Some(f.verification_status.as_str())))
+        .bind(column(patients, |p| p.created_at))
+        .bind(column(patients, |p| p.updated_at))
+        .bind(column(patients, |p| p.version))
+        .bind(column(patients, |p| p.deleted_at))
+        .bind(column(patients, |p| p.import_operation_id))
+        .execute(&mut **tx)
+        .await
+        .map_err(super::sql::classify)?;
+        Ok(())
+    }
+
     /// Writes each patient's new state if its version is still the expected one, in one
     /// statement over arrays (a statement per patient cost a round trip each); the first
     /// patient whose version moved on is returned (the caller rolls back).

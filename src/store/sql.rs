@@ -135,6 +135,62 @@ macro_rules! shared_store_impl {
                 })
             }
 
+            /// A patient from a row of `SELECT id, <columns>`: only those columns are
+            /// decoded (by position); the others keep their empty defaults.
+            fn patient_from_columns(
+                row: &$row,
+                columns: &[&'static str],
+                org: uuid::Uuid,
+            ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
+                use sqlx::Row;
+                use $crate::store::sql::text_to_list;
+                let mut p = $crate::domain::patient::Patient {
+                    id: row.try_get(0)?,
+                    organization_id: org,
+                    fields: $crate::domain::patient::PatientFields::new_draft(),
+                    created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                    updated_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+                    version: 0,
+                    deleted_at: None,
+                    import_operation_id: None,
+                };
+                for (i, column) in columns.iter().enumerate() {
+                    let i = i + 1;
+                    let f = &mut p.fields;
+                    match *column {
+                        "organization_id" => p.organization_id = row.try_get(i)?,
+                        "created_at" => p.created_at = row.try_get(i)?,
+                        "updated_at" => p.updated_at = row.try_get(i)?,
+                        "version" => p.version = row.try_get(i)?,
+                        "deleted_at" => p.deleted_at = row.try_get(i)?,
+                        "given_name" => f.given_name = row.try_get(i)?,
+                        "family_name" => f.family_name = row.try_get(i)?,
+                        "gender" => f.gender = row.try_get(i)?,
+                        "unhcr_number" => f.unhcr_number = row.try_get(i)?,
+                        "middle_names" => f.middle_names = row.try_get(i)?,
+                        "date_of_birth" => f.date_of_birth = row.try_get(i)?,
+                        "estimated_birth_year" => f.estimated_birth_year = row.try_get(i)?,
+                        "place_of_birth" => f.place_of_birth = row.try_get(i)?,
+                        "refugee_status" => f.refugee_status = row.try_get(i)?,
+                        "origin_country" => f.origin_country = row.try_get(i)?,
+                        "current_camp" => f.current_camp = row.try_get(i)?,
+                        "camp_section" => f.camp_section = row.try_get(i)?,
+                        "phone_number" => f.phone_number = row.try_get(i)?,
+                        "email" => f.email = row.try_get(i)?,
+                        "primary_language" => f.primary_language = row.try_get(i)?,
+                        "languages_spoken" => f.languages_spoken = text_to_list(row.try_get(i)?)?,
+                        "blood_type" => f.blood_type = row.try_get(i)?,
+                        "allergies" => f.allergies = text_to_list(row.try_get(i)?)?,
+                        "chronic_conditions" => f.chronic_conditions = text_to_list(row.try_get(i)?)?,
+                        "emergency_contact_name" => f.emergency_contact_name = row.try_get(i)?,
+                        "emergency_contact_phone" => f.emergency_contact_phone = row.try_get(i)?,
+                        "verification_status" => f.verification_status = row.try_get(i)?,
+                        _ => {}
+                    }
+                }
+                Ok(p)
+            }
+
             /// Binds the writable fields as `$3..$24` (after id and org).
             fn bind_fields<'q>(
                 query: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,

@@ -120,6 +120,58 @@ fn restrict_to_owner(path: &std::path::Path) {
 }
 
 impl SqliteStore {
+    /// Inserts new patients with multi-row INSERTs of at most 500 rows (29 columns
+    /// each: under SQLite's bound-parameter limit).
+    async fn insert_patients(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        patients: &[crate::domain::patient::Patient],
+    ) -> StoreResult<()> {
+        use super::sql::list_to_text;
+        for batch in patients.chunks(500) {
+            let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+                "INSERT INTO patients ({}) ",
+                super::sql::PATIENT_COLUMNS
+            ));
+            qb.push_values(batch, |mut b, p| {
+                let f = &p.fields;
+                b.push_bind(p.id)
+                    .push_bind(p.organization_id)
+                    .push_bind(f.given_name.as_str())
+                    .push_bind(f.family_name.as_str())
+                    .push_bind(f.gender.as_str())
+                    .push_bind(f.unhcr_number.as_deref())
+                    .push_bind(f.middle_names.as_deref())
+                    .push_bind(f.date_of_birth)
+                    .push_bind(f.estimated_birth_year)
+                    .push_bind(f.place_of_birth.as_deref())
+                    .push_bind(f.refugee_status.as_deref())
+                    .push_bind(f.origin_country.as_deref())
+                    .push_bind(f.current_camp.as_deref())
+                    .push_bind(f.camp_section.as_deref())
+                    .push_bind(f.phone_number.as_deref())
+                    .push_bind(f.email.as_deref())
+                    .push_bind(f.primary_language.as_deref())
+                    .push_bind(list_to_text(&f.languages_spoken))
+                    .push_bind(f.blood_type.as_deref())
+                    .push_bind(list_to_text(&f.allergies))
+                    .push_bind(list_to_text(&f.chronic_conditions))
+                    .push_bind(f.emergency_contact_name.as_deref())
+                    .push_bind(f.emergency_contact_phone.as_deref())
+                    .push_bind(f.verification_status.as_str())
+                    .push_bind(p.created_at)
+                    .push_bind(p.updated_at)
+                    .push_bind(p.version)
+                    .push_bind(p.deleted_at)
+                    .push_bind(p.import_operation_id);
+            });
+            qb.build()
+                .execute(&mut **tx)
+                .await
+                .map_err(super::sql::classify)?;
+        }
+        Ok(())
+    }
+
     /// Writes each patient's new state if its version is still the expected one; the
     /// first patient whose version moved on is returned (the caller rolls back).
     /// Statement by statement: on SQLite they cost no round trip.
