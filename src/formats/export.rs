@@ -1,9 +1,9 @@
 //! Writing an export file (SPEC 4.2, export options), one patient at a time.
 //!
-//! CSV, JSON and NDJSON stream straight to the output, so memory does not grow with the
-//! number of patients. XLSX is built in memory and written on [`ExportWriter::finish`]:
-//! rust_xlsxwriter's constant-memory mode would spill plaintext temporary files to disk,
-//! and no patient data may rest in plaintext outside the patients table (SPEC 4.1).
+//! Every format streams straight to the output, so memory does not grow with the number
+//! of patients; XLSX through the zip stream of [`super::xlsx`], which also writes no
+//! plaintext temporary file (no patient data may rest in plaintext outside the patients
+//! table, SPEC 4.1).
 //!
 //! CSV and XLSX cells are spreadsheet-safe (OWASP CSV injection): text that a spreadsheet
 //! could take for a formula gets a leading `'`. Valid E.164 phone numbers are the one
@@ -12,7 +12,6 @@
 
 use std::io::{self, BufWriter, Write};
 
-use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -20,6 +19,7 @@ use crate::domain::patient::{Patient, SYSTEM_FIELDS, WRITABLE_FIELDS};
 use crate::domain::FieldError;
 
 use super::fhir;
+use super::xlsx::{Cell, XlsxStream};
 
 /// The file formats an export can be written in (the `format` option).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -153,7 +153,7 @@ pub fn new_writer<W: Write + Send + 'static>(
         ExportFormat::Ndjson => Box::new(NdjsonExport {
             out: BufWriter::new(out),
         }),
-        ExportFormat::Xlsx => Box::new(XlsxExport::new(fields, out).map_err(xlsx_error)?),
+        ExportFormat::Xlsx => Box::new(XlsxExport::new(fields, out)?),
     })
 }
 
@@ -433,68 +433,51 @@ impl<W: Write + Send> ExportWriter for NdjsonExport<W> {
 
 /// The whole sheet is kept in memory on purpose (see the module comment).
 struct XlsxExport<W: Write> {
-    out: W,
+    sheet: XlsxStream<W>,
     fields: Vec<String>,
-    sheet: Worksheet,
-    next_row: u32,
 }
 
 impl<W: Write> XlsxExport<W> {
-    fn new(fields: Vec<String>, out: W) -> Result<Self, XlsxError> {
-        let mut sheet = Worksheet::new();
-        sheet.set_name("patients")?;
-        let bold = Format::new().set_bold();
-        for (col, field) in (0u16..).zip(&fields) {
-            sheet.write_string_with_format(0, col, field, &bold)?;
-        }
+    fn new(fields: Vec<String>, out: W) -> io::Result<Self> {
+        let header: Vec<&str> = fields.iter().map(String::as_str).collect();
         Ok(XlsxExport {
-            out,
+            sheet: XlsxStream::new(out, &header)?,
             fields,
-            sheet,
-            next_row: 1,
         })
     }
 }
 
-/// An XLSX error as an I/O error. Only messages known to quote no cell text are passed on.
-fn xlsx_error(e: XlsxError) -> io::Error {
-    let message = match e {
-        XlsxError::RowColumnLimitError | XlsxError::MaxStringLengthExceeded => e.to_string(),
-        XlsxError::IoError(io) => return io,
-        _ => "the XLSX file could not be built".to_string(),
-    };
-    io::Error::other(format!("XLSX export: {message}"))
-}
-
 impl<W: Write + Send> ExportWriter for XlsxExport<W> {
     fn write_patient(&mut self, patient: &Patient) -> io::Result<()> {
-        let row = self.next_row;
-        for (col, field) in (0u16..).zip(&self.fields) {
-            let value = patient.get_json(field).unwrap_or(Value::Null);
-            let written = match &value {
-                Value::Null => continue,
+        let values: Vec<Value> = self
+            .fields
+            .iter()
+            .map(|field| patient.get_json(field).unwrap_or(Value::Null))
+            .collect();
+        let texts: Vec<Option<String>> = self
+            .fields
+            .iter()
+            .zip(&values)
+            .map(|(field, value)| match value {
+                Value::Null | Value::Number(_) => None,
+                other => Some(spreadsheet_safe(field, render(other))),
+            })
+            .collect();
+        let cells: Vec<Cell> = values
+            .iter()
+            .zip(&texts)
+            .map(|(value, text)| match (value, text) {
                 // Only `version` and `estimated_birth_year` are numbers: number cells.
-                Value::Number(n) => {
-                    self.sheet
-                        .write_number(row, col, n.as_f64().unwrap_or_default())
-                }
-                other => {
-                    let text = spreadsheet_safe(field, render(other));
-                    self.sheet.write_string(row, col, text)
-                }
-            };
-            written.map_err(xlsx_error)?;
-        }
-        self.next_row += 1;
-        Ok(())
+                (Value::Number(n), _) => Cell::Number(n.as_f64().unwrap_or_default()),
+                (_, Some(text)) => Cell::Text(text),
+                _ => Cell::Empty,
+            })
+            .collect();
+        self.sheet.write_row(&cells)
     }
 
     fn finish(self: Box<Self>) -> io::Result<()> {
-        let XlsxExport { mut out, sheet, .. } = *self;
-        let mut workbook = Workbook::new();
-        workbook.push_worksheet(sheet);
-        let bytes = workbook.save_to_buffer().map_err(xlsx_error)?;
-        out.write_all(&bytes)?;
+        let mut out = self.sheet.finish()?;
         out.flush()
     }
 }

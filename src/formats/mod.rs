@@ -9,3 +9,4 @@
 pub mod csv_import;
 pub mod export;
 pub mod fhir;
+pub mod xlsx;
