@@ -399,9 +399,11 @@ pub async fn main(args: &[String]) -> anyhow::Result<()> {
         Which::Both => vec![Backend::Sqlite, Backend::Postgres],
     };
     let mut text = format!(
-        "Command: `target/release/examples/bench suite {}`; machine: {} cores, {} MiB memory, `{}`; commit {}.\n",
-        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "Command: `{}`; machine: {} cores, {} MiB memory, `{}`; commit {}.\n",
+        std::env::args().collect::<Vec<_>>().join(" "),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         meminfo_mib(),
         std::process::Command::new("uname")
             .arg("-srm")
