@@ -520,12 +520,7 @@ macro_rules! notify_store_impl {
                 .bind(hook.enabled)
                 .execute(&mut *tx)
                 .await?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                Self::append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_audited_if_found(tx, done.rows_affected(), audit).await
             }
 
             async fn delete_webhook(
@@ -549,12 +544,7 @@ macro_rules! notify_store_impl {
                     .bind(org)
                     .execute(&mut *tx)
                     .await?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                Self::append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_audited_if_found(tx, done.rows_affected(), audit).await
             }
 
             async fn webhook_health(

@@ -118,12 +118,7 @@ macro_rules! schedules_store_impl {
                 .bind(s.updated_at)
                 .execute(&mut *tx)
                 .await?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                Self::append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_audited_if_found(tx, done.rows_affected(), audit).await
             }
 
             async fn delete_schedule(
@@ -138,12 +133,7 @@ macro_rules! schedules_store_impl {
                     .bind(org)
                     .execute(&mut *tx)
                     .await?;
-                if done.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                Self::append_audit_tx(&mut tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_audited_if_found(tx, done.rows_affected(), audit).await
             }
 
             async fn due_schedules(

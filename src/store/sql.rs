@@ -258,6 +258,22 @@ macro_rules! shared_store_impl {
 
             /// Appends an audit entry inside the caller's transaction, locking the chain
             /// head so that concurrent writers of one organization take turns.
+            /// Ends a write of one row of an organization's (found by id and
+            /// organization): audited and committed when the row was there, rolled
+            /// back (the transaction dropped) and `false` when it was not.
+            async fn commit_audited_if_found(
+                mut tx: sqlx::Transaction<'_, $db>,
+                changed: u64,
+                audit: $crate::store::NewAuditEntry,
+            ) -> $crate::store::StoreResult<bool> {
+                if changed != 1 {
+                    return Ok(false);
+                }
+                Self::append_audit_tx(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
             async fn append_audit_tx(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 new: $crate::store::NewAuditEntry,
