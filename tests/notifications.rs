@@ -773,3 +773,35 @@ dual_backend_test!(
     a_failure_is_sent_by_sms_to_a_user_with_a_phone,
     a_failure_is_sent_by_sms_to_a_user_with_a_phone
 );
+
+dual_test!(
+    a_webhook_is_deleted_in_its_own_organization_only_and_audited,
+    flags = &["--workers", "0", "--allow-private-webhooks"],
+    |app: TestApp| async move {
+        let (_, token) = organization(&app, "Kakuma Clinic").await;
+        let (_, other) = organization(&app, "Zaatari Clinic").await;
+        let response = app
+            .post_json(
+                &token,
+                "/api/v2/webhooks",
+                &json!({"url": "http://127.0.0.1:9/hook", "events": ["operation.failed"]}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        let created: Value = response.json().await.unwrap();
+        let path = format!("/api/v2/webhooks/{}", created["id"].as_str().unwrap());
+        // Another organization's admin: 404, and the webhook stays.
+        assert_eq!(app.delete(&other, &path).await.status(), 404);
+        assert_eq!(app.count("SELECT COUNT(*) FROM webhooks").await, 1);
+        assert_eq!(app.delete(&token, &path).await.status(), 204);
+        assert_eq!(app.count("SELECT COUNT(*) FROM webhooks").await, 0);
+        assert_eq!(app.get(&token, &path).await.status(), 404);
+        assert_eq!(app.delete(&token, &path).await.status(), 404);
+        assert_eq!(
+            app.count("SELECT COUNT(*) FROM audit_events WHERE action = 'webhook.delete'")
+                .await,
+            1,
+            "one audited deletion; the refused ones wrote nothing"
+        );
+    }
+);
