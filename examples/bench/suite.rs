@@ -19,8 +19,9 @@
 //! | rollback of the import | bare `DELETE FROM ref WHERE import_operation_id = …` |
 //!
 //! The reference table: on PostgreSQL `CREATE TABLE ref (LIKE patients INCLUDING ALL)`
-//! in Haven's database (indexes, defaults and NOT NULLs; no foreign key, no row-level
-//! security policy); on SQLite a separate database file with Haven's `CREATE TABLE
+//! in Haven's database (indexes, defaults and NOT NULLs), with `patients`' foreign key
+//! to `organizations` (since issue 13's second pass; no row-level security policy,
+//! which `COPY FROM` refuses); on SQLite a separate database file with Haven's `CREATE TABLE
 //! patients` and `CREATE INDEX` statements, in WAL mode with `synchronous = NORMAL` as
 //! Haven runs it. It is loaded with the valid rows only (the tools would stop at a bad
 //! one), with the values Haven stores (lists as JSON text, an id, the organization,
@@ -28,8 +29,8 @@
 //! NULL, so there the unique index's `deleted_at IS NULL` reads `deleted_at = ''`.
 //!
 //! Peak RSS is the haven process's `VmHWM`, reset (`/proc/PID/clear_refs`) before each
-//! step. `--perf DIR` records `perf record -g` of the haven process during the import
-//! and the CSV export. `--out FILE` appends the printed tables to FILE.
+//! step. `--perf DIR` records `perf record -g` of the haven process during the import,
+//! the CSV export, the update, the delete and each rollback. `--out FILE` appends the printed tables to FILE.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -61,7 +62,8 @@ struct Args {
     /// `--workers` of the haven process.
     #[arg(long, default_value_t = 2)]
     workers: usize,
-    /// Directory for `perf record -g` data of the import and the CSV export.
+    /// Directory for `perf record -g` data of the import, the CSV export, the update,
+    /// the delete and the rollbacks.
     #[arg(long)]
     perf: Option<PathBuf>,
     /// Appends the tables to this file as well.
@@ -519,6 +521,13 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
             sqlx::query("CREATE TABLE ref (LIKE patients INCLUDING ALL)")
                 .execute(&mut conn)
                 .await?;
+            // `LIKE` copies no foreign key: without it the reference skipped the
+            // per-row check that every row of `patients` gets.
+            sqlx::query(
+                "ALTER TABLE ref ADD FOREIGN KEY (organization_id) REFERENCES organizations (id)",
+            )
+            .execute(&mut conn)
+            .await?;
             RefDb::Postgres(conn)
         }
         Backend::Sqlite => {
@@ -718,6 +727,8 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
         "/api/v2/bulk/update/schedule",
         json!({"filters": {"current_camp": CAMPS[0]}, "changes": {"current_camp": "Kalobeyei"},
             "email_notification": false}),
+        args.perf.as_deref(),
+        &format!("{}-update", backend.name()),
     )
     .await?;
     let updated = update["result"]["patients_updated"].as_i64().unwrap_or(0);
@@ -737,6 +748,8 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
         ),
         &format!("/api/v2/bulk/update/rollback/{}", id_of(&update)?),
         json!({}),
+        args.perf.as_deref(),
+        &format!("{}-update-rollback", backend.name()),
     )
     .await?;
     let restored = format!("{} restored", rollback["result"]["patients_restored"]);
@@ -756,6 +769,8 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
         ),
         "/api/v2/bulk/delete/schedule",
         json!({"filters": {"current_camp": CAMPS[1]}, "confirm": true, "email_notification": false}),
+        args.perf.as_deref(),
+        &format!("{}-delete", backend.name()),
     )
     .await?;
     let deleted = delete["result"]["patients_deleted"].as_i64().unwrap_or(0);
@@ -776,6 +791,8 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
         ),
         &format!("/api/v2/bulk/delete/rollback/{}", id_of(&delete)?),
         json!({}),
+        args.perf.as_deref(),
+        &format!("{}-delete-rollback", backend.name()),
     )
     .await?;
     let restored = format!("{} restored", rollback["result"]["patients_restored"]);
@@ -789,6 +806,8 @@ async fn measure(args: &Args, backend: Backend, run: &mut Run) -> anyhow::Result
         ),
         &format!("/api/v2/bulk/import/rollback/{import_id}"),
         json!({"force": true}),
+        args.perf.as_deref(),
+        &format!("{}-import-rollback", backend.name()),
     )
     .await?;
     let removed = format!("{} removed", rollback["result"]["patients_removed"]);
@@ -868,6 +887,7 @@ impl Line {
 /// Runs `reference_sql` on the reference table, then schedules one operation and waits
 /// for it: the operation, and a line with both times and the haven process's peak RSS
 /// (KiB) during the operation (to be named with [`Line::named`]).
+#[allow(clippy::too_many_arguments)]
 async fn paired(
     api: &Api,
     pid: u32,
@@ -875,12 +895,16 @@ async fn paired(
     reference_sql: &str,
     path: &str,
     body: Value,
+    perf_dir: Option<&Path>,
+    perf_name: &str,
 ) -> anyhow::Result<(Value, Line)> {
     let reference_time = refdb.exec(reference_sql).await?;
     reset_peak(pid);
+    let perf = Perf::start(perf_dir, pid, perf_name)?;
     let start = Instant::now();
     let op = api.schedule(path, body).await?;
     let (done, _) = api.wait(&op).await?;
+    perf.stop().await?;
     let line = Line {
         path: String::new(),
         rows: 0,

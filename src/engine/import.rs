@@ -197,7 +197,7 @@ async fn import_rows(
     let keyring = run.engine.keyring.clone();
     let file = open_upload(&run.engine.blobs, &blob).await?;
     let to_skip = cursor.records;
-    let (mut source, mut seen) = blocking(move || {
+    let (source, seen) = blocking(move || {
         let mut source = open_source(&keyring, file, &blob, field_mapping.as_ref())?;
         // Skip what earlier attempts committed. The skipped rows are validated again
         // (without writing) so that `seen` holds exactly what an uninterrupted run has.
@@ -217,39 +217,40 @@ async fn import_rows(
     })
     .await?;
     let mut chunks = 0u32;
+    // Error reports name the file's own columns; the source itself moves to the
+    // blocking pool with each read-ahead.
+    let column_of = source.column_of.clone();
 
-    loop {
-        let (back, batch) = blocking(move || {
-            let batch = next_batch(&mut source, CHUNK_ROWS)?;
-            Ok((source, batch))
-        })
-        .await?;
-        source = back;
-        if batch.is_empty() {
-            break;
+    // The next batch is read, decrypted and validated on the blocking pool while the
+    // current chunk is written: the file work and the database work overlap. Reading
+    // ahead commits nothing, so a crash or a cancel loses nothing by it.
+    let mut ahead = read_ahead(source, seen, date_format, today);
+    let source = loop {
+        let (source, seen, batch) = ahead
+            .await
+            .map_err(|e| RunError::Transient(anyhow::anyhow!("import task: {e}")))??;
+        if batch.records == 0 {
+            break source;
         }
-        let last = batch.len() < CHUNK_ROWS;
+        ahead = read_ahead(source, seen, date_format, today);
+        let ValidatedBatch {
+            records,
+            mut valid,
+            row_errors,
+            failed,
+            bytes_read,
+        } = batch;
+        let last = records < CHUNK_ROWS as i64;
         let mut validated = cursor.clone();
-        let mut row_errors = Vec::new();
-        let mut valid: Vec<(i64, PatientFields, Vec<&'static str>)> = Vec::new();
-        for record in batch {
-            validated.records += 1;
-            let row = record.row;
-            match validate_row(record, &source, date_format, today, &mut seen) {
-                Ok((fields, present)) => valid.push((row, fields, present)),
-                Err(errors) => {
-                    validated.failed += 1;
-                    row_errors.extend(errors);
-                }
-            }
-        }
+        validated.records += records;
+        validated.failed += failed;
         if !row_errors.is_empty() && on_error == OnError::Abort {
             validated.stopped_writing = true;
         }
         let total = Some(if last {
             validated.records
         } else {
-            estimate_rows(validated.records, source.reader.bytes_read(), size_bytes)
+            estimate_rows(validated.records, bytes_read, size_bytes)
         });
         // Planned against the patients as they are now; when one of them changes
         // before the commit (a version conflict), read them again and plan again.
@@ -263,7 +264,7 @@ async fn import_rows(
             } else {
                 std::mem::take(&mut valid)
             };
-            let mut chunk = plan_chunk(run, rows, &source, mode, on_error, &mut next).await?;
+            let mut chunk = plan_chunk(run, rows, &column_of, mode, on_error, &mut next).await?;
             chunk.row_errors.splice(0..0, row_errors.iter().cloned());
             if dry_run || next.stopped_writing {
                 chunk.inserts.clear();
@@ -298,7 +299,7 @@ async fn import_rows(
         if cancel_requested {
             return start_undo(run, cursor, undo::Reason::Cancelled, None).await;
         }
-    }
+    };
 
     if cursor.failed > 0 && on_error == OnError::Abort {
         let message = format!(
@@ -323,12 +324,56 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RunError::Transient(anyhow::anyhow!("import task: {e}")))?
 }
 
+/// A batch of the file, validated: what a chunk is planned from.
+struct ValidatedBatch {
+    records: i64,
+    valid: Vec<(i64, PatientFields, Vec<&'static str>)>,
+    row_errors: Vec<RowError>,
+    failed: i64,
+    /// Bytes of the file read after this batch (for the estimated total).
+    bytes_read: u64,
+}
+
+type ReadAhead = tokio::task::JoinHandle<Result<(Source, HashSet<u64>, ValidatedBatch), RunError>>;
+
+/// Reads and validates the next batch on the blocking pool; `records == 0` at the end
+/// of the file. Validation is in file order (`seen` finds duplicates within the file).
+fn read_ahead(
+    mut source: Source,
+    mut seen: HashSet<u64>,
+    date_format: DateFormat,
+    today: chrono::NaiveDate,
+) -> ReadAhead {
+    tokio::task::spawn_blocking(move || {
+        let batch = next_batch(&mut source, CHUNK_ROWS)?;
+        let mut validated = ValidatedBatch {
+            records: batch.len() as i64,
+            valid: Vec::with_capacity(batch.len()),
+            row_errors: Vec::new(),
+            failed: 0,
+            bytes_read: 0,
+        };
+        for record in batch {
+            let row = record.row;
+            match validate_row(record, &source, date_format, today, &mut seen) {
+                Ok((fields, present)) => validated.valid.push((row, fields, present)),
+                Err(errors) => {
+                    validated.failed += 1;
+                    validated.row_errors.extend(errors);
+                }
+            }
+        }
+        validated.bytes_read = source.reader.bytes_read();
+        Ok((source, seen, validated))
+    })
+}
+
 /// Turns a chunk's valid rows into inserts and writes against the patients of the
 /// organization as they are now, counting into `cursor`.
 async fn plan_chunk(
     run: &Run<'_>,
     valid: Vec<(i64, PatientFields, Vec<&'static str>)>,
-    source: &Source,
+    column_of: &HashMap<&'static str, String>,
     mode: ImportMode,
     on_error: OnError,
     cursor: &mut ImportCursor,
@@ -370,7 +415,7 @@ async fn plan_chunk(
                 cursor.failed += 1;
                 chunk.row_errors.push(RowError {
                     row,
-                    column: source.column_of.get("unhcr_number").cloned().unwrap_or_else(|| "unhcr_number".into()),
+                    column: column_of.get("unhcr_number").cloned().unwrap_or_else(|| "unhcr_number".into()),
                     code: "duplicate".into(),
                     message: "a patient of your organization already has this unhcr_number (use mode upsert or skip_existing)".into(),
                 });

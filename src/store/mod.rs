@@ -20,6 +20,8 @@ pub mod web_sql;
 mod postgres;
 pub mod schedules;
 mod sqlite;
+// SQLite's C API for the bulk paths, on the connections sqlx holds.
+mod sqlite_direct;
 
 use std::sync::Arc;
 

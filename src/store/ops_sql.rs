@@ -1038,51 +1038,7 @@ macro_rules! ops_store_impl {
                     .copied()
                     .filter(|c| *c != "id" && columns.iter().any(|w| w == c))
                     .collect();
-                let batch = batch.max(1);
-                let (tx, rx) = tokio::sync::mpsc::channel(2);
-                let store = self.clone();
-                tokio::spawn(async move {
-                    use futures::TryStreamExt;
-                    let scan = $crate::store::ops::PatientScan {
-                        org,
-                        filters: &filters,
-                        include_deleted,
-                        imported_by: None,
-                        page: $crate::store::Page { after: None, limit: 0 },
-                    };
-                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id");
-                    for column in &columns {
-                        qb.push(", ").push(*column);
-                    }
-                    Self::push_scan(&mut qb, &scan);
-                    qb.push(" ORDER BY id");
-                    let mut rows = qb.build().fetch(store.reader());
-                    let mut page = Vec::with_capacity(batch);
-                    loop {
-                        let patient = match rows.try_next().await {
-                            Ok(Some(row)) => Self::patient_from_columns(&row, &columns, org),
-                            Ok(None) => break,
-                            Err(e) => Err(e.into()),
-                        };
-                        match patient {
-                            Ok(p) => page.push(p),
-                            Err(e) => {
-                                let _ = tx.send(Err(e)).await;
-                                return;
-                            }
-                        }
-                        if page.len() >= batch {
-                            let full = std::mem::replace(&mut page, Vec::with_capacity(batch));
-                            if tx.send(Ok(full)).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    if !page.is_empty() {
-                        let _ = tx.send(Ok(page)).await;
-                    }
-                });
-                rx
+                self.stream_patient_columns(org, filters, include_deleted, columns, batch.max(1))
             }
 
             async fn count_patients(&self, scan: $crate::store::ops::PatientScan<'_>) -> $crate::store::StoreResult<i64> {

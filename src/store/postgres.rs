@@ -164,6 +164,65 @@ impl PgStore {
         Ok(())
     }
 
+    /// `SELECT id, <columns>` of the scanned patients as one streamed query, in pages of
+    /// `batch` (see `OpsStore::stream_patients`).
+    fn stream_patient_columns(
+        &self,
+        org: uuid::Uuid,
+        filters: crate::domain::filters::PatientFilters,
+        include_deleted: bool,
+        columns: Vec<&'static str>,
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<StoreResult<Vec<crate::domain::patient::Patient>>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let store = self.clone();
+        tokio::spawn(async move {
+            use futures::TryStreamExt;
+            let scan = super::ops::PatientScan {
+                org,
+                filters: &filters,
+                include_deleted,
+                imported_by: None,
+                page: super::Page {
+                    after: None,
+                    limit: 0,
+                },
+            };
+            let mut qb = sqlx::QueryBuilder::<Postgres>::new("SELECT id");
+            for column in &columns {
+                qb.push(", ").push(*column);
+            }
+            Self::push_scan(&mut qb, &scan);
+            qb.push(" ORDER BY id");
+            let mut rows = qb.build().fetch(store.reader());
+            let mut page = Vec::with_capacity(batch);
+            loop {
+                let patient = match rows.try_next().await {
+                    Ok(Some(row)) => super::sql::patient_from_columns(&row, &columns, org),
+                    Ok(None) => break,
+                    Err(e) => Err(e.into()),
+                };
+                match patient {
+                    Ok(p) => page.push(p),
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                }
+                if page.len() >= batch {
+                    let full = std::mem::replace(&mut page, Vec::with_capacity(batch));
+                    if tx.send(Ok(full)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            if !page.is_empty() {
+                let _ = tx.send(Ok(page)).await;
+            }
+        });
+        rx
+    }
+
     /// Writes each patient's new state if its version is still the expected one, in one
     /// statement over arrays (a statement per patient cost a round trip each); the first
     /// patient whose version moved on is returned (the caller rolls back).

@@ -65,6 +65,134 @@ pub fn text_to_list(text: &str) -> Result<Vec<String>, super::StoreError> {
     serde_json::from_str(text).map_err(|e| super::StoreError::Corrupt(format!("list column: {e}")))
 }
 
+/// A value a patient filter compares with.
+pub enum FilterValue {
+    Text(String),
+    Id(uuid::Uuid),
+    Date(chrono::NaiveDate),
+    Time(chrono::DateTime<chrono::Utc>),
+}
+
+/// One condition of a patient filter: `column op value`, or `column IN (values)` when
+/// `op` is `IN` (an empty list selects nobody, never the whole organization).
+pub struct FilterClause {
+    pub column: &'static str,
+    pub op: &'static str,
+    pub values: Vec<FilterValue>,
+}
+
+/// The conditions of `filters`, in one order for every way of sending SQL (sqlx's
+/// query builder, SQLite's C API for exports).
+pub fn filter_clauses(filters: &crate::domain::filters::PatientFilters) -> Vec<FilterClause> {
+    let mut clauses = Vec::new();
+    let mut clause = |column, op, values| clauses.push(FilterClause { column, op, values });
+    let text = |v: &Option<String>| v.clone().map(FilterValue::Text);
+    for (column, value) in [
+        ("gender", text(&filters.gender)),
+        ("refugee_status", text(&filters.refugee_status)),
+        ("origin_country", text(&filters.origin_country)),
+        ("current_camp", text(&filters.current_camp)),
+        ("camp_section", text(&filters.camp_section)),
+        ("verification_status", text(&filters.verification_status)),
+    ] {
+        if let Some(value) = value {
+            clause(column, "=", vec![value]);
+        }
+    }
+    if let Some(d) = filters.born_after {
+        clause("date_of_birth", ">=", vec![FilterValue::Date(d)]);
+    }
+    if let Some(d) = filters.born_before {
+        clause("date_of_birth", "<=", vec![FilterValue::Date(d)]);
+    }
+    if let Some(t) = filters.updated_since {
+        clause("updated_at", ">=", vec![FilterValue::Time(t)]);
+    }
+    if let Some(numbers) = &filters.unhcr_numbers {
+        let values = numbers.iter().cloned().map(FilterValue::Text).collect();
+        clause("unhcr_number", "IN", values);
+    }
+    if let Some(ids) = &filters.patient_ids {
+        clause(
+            "id",
+            "IN",
+            ids.iter().copied().map(FilterValue::Id).collect(),
+        );
+    }
+    clauses
+}
+
+/// Typed reads of a result row's columns by position (`None` for NULL), so that
+/// patients are decoded alike from sqlx's rows and from SQLite's C API.
+pub trait ColumnRead {
+    fn text(&self, i: usize) -> super::StoreResult<Option<String>>;
+    fn id(&self, i: usize) -> super::StoreResult<Option<uuid::Uuid>>;
+    fn int(&self, i: usize) -> super::StoreResult<Option<i64>>;
+    fn date(&self, i: usize) -> super::StoreResult<Option<chrono::NaiveDate>>;
+    fn time(&self, i: usize) -> super::StoreResult<Option<chrono::DateTime<chrono::Utc>>>;
+}
+
+/// A patient from a row of `SELECT id, <columns>`: only those columns are decoded (by
+/// position); the others keep their empty defaults.
+pub fn patient_from_columns(
+    row: &impl ColumnRead,
+    columns: &[&'static str],
+    org: uuid::Uuid,
+) -> super::StoreResult<crate::domain::patient::Patient> {
+    fn required<T>(value: Option<T>, column: &str) -> super::StoreResult<T> {
+        value.ok_or_else(|| super::StoreError::Corrupt(format!("{column} is NULL")))
+    }
+    let list = |i: usize| match row.text(i)? {
+        Some(text) => text_to_list(&text),
+        None => Ok(Vec::new()),
+    };
+    let mut p = crate::domain::patient::Patient {
+        id: required(row.id(0)?, "id")?,
+        organization_id: org,
+        fields: crate::domain::patient::PatientFields::new_draft(),
+        created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        updated_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        version: 0,
+        deleted_at: None,
+        import_operation_id: None,
+    };
+    for (i, column) in columns.iter().enumerate() {
+        let i = i + 1;
+        let f = &mut p.fields;
+        match *column {
+            "organization_id" => p.organization_id = required(row.id(i)?, column)?,
+            "created_at" => p.created_at = required(row.time(i)?, column)?,
+            "updated_at" => p.updated_at = required(row.time(i)?, column)?,
+            "version" => p.version = required(row.int(i)?, column)?,
+            "deleted_at" => p.deleted_at = row.time(i)?,
+            "given_name" => f.given_name = required(row.text(i)?, column)?,
+            "family_name" => f.family_name = required(row.text(i)?, column)?,
+            "gender" => f.gender = required(row.text(i)?, column)?,
+            "unhcr_number" => f.unhcr_number = row.text(i)?,
+            "middle_names" => f.middle_names = row.text(i)?,
+            "date_of_birth" => f.date_of_birth = row.date(i)?,
+            "estimated_birth_year" => f.estimated_birth_year = row.int(i)?,
+            "place_of_birth" => f.place_of_birth = row.text(i)?,
+            "refugee_status" => f.refugee_status = row.text(i)?,
+            "origin_country" => f.origin_country = row.text(i)?,
+            "current_camp" => f.current_camp = row.text(i)?,
+            "camp_section" => f.camp_section = row.text(i)?,
+            "phone_number" => f.phone_number = row.text(i)?,
+            "email" => f.email = row.text(i)?,
+            "primary_language" => f.primary_language = row.text(i)?,
+            "languages_spoken" => f.languages_spoken = list(i)?,
+            "blood_type" => f.blood_type = row.text(i)?,
+            "allergies" => f.allergies = list(i)?,
+            "chronic_conditions" => f.chronic_conditions = list(i)?,
+            "emergency_contact_name" => f.emergency_contact_name = row.text(i)?,
+            "emergency_contact_phone" => f.emergency_contact_phone = row.text(i)?,
+            "verification_status" => f.verification_status = required(row.text(i)?, column)?,
+            _ => {}
+        }
+    }
+    Ok(p)
+}
+
 /// Maps a unique-constraint violation to the field it protects.
 pub fn classify(err: sqlx::Error) -> super::StoreError {
     if let sqlx::Error::Database(db) = &err {
@@ -95,6 +223,24 @@ pub fn classify(err: sqlx::Error) -> super::StoreError {
 /// and `run_migrations()`.
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $row:ty, $backend:literal) => {
+        impl $crate::store::sql::ColumnRead for $row {
+            fn text(&self, i: usize) -> $crate::store::StoreResult<Option<String>> {
+                Ok(sqlx::Row::try_get(self, i)?)
+            }
+            fn id(&self, i: usize) -> $crate::store::StoreResult<Option<uuid::Uuid>> {
+                Ok(sqlx::Row::try_get(self, i)?)
+            }
+            fn int(&self, i: usize) -> $crate::store::StoreResult<Option<i64>> {
+                Ok(sqlx::Row::try_get(self, i)?)
+            }
+            fn date(&self, i: usize) -> $crate::store::StoreResult<Option<chrono::NaiveDate>> {
+                Ok(sqlx::Row::try_get(self, i)?)
+            }
+            fn time(&self, i: usize) -> $crate::store::StoreResult<Option<chrono::DateTime<chrono::Utc>>> {
+                Ok(sqlx::Row::try_get(self, i)?)
+            }
+        }
+
         impl $store {
             fn patient_from_row(row: &$row) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
                 use sqlx::Row;
@@ -133,62 +279,6 @@ macro_rules! shared_store_impl {
                     deleted_at: row.try_get("deleted_at")?,
                     import_operation_id: row.try_get("import_operation_id")?,
                 })
-            }
-
-            /// A patient from a row of `SELECT id, <columns>`: only those columns are
-            /// decoded (by position); the others keep their empty defaults.
-            fn patient_from_columns(
-                row: &$row,
-                columns: &[&'static str],
-                org: uuid::Uuid,
-            ) -> $crate::store::StoreResult<$crate::domain::patient::Patient> {
-                use sqlx::Row;
-                use $crate::store::sql::text_to_list;
-                let mut p = $crate::domain::patient::Patient {
-                    id: row.try_get(0)?,
-                    organization_id: org,
-                    fields: $crate::domain::patient::PatientFields::new_draft(),
-                    created_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-                    updated_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
-                    version: 0,
-                    deleted_at: None,
-                    import_operation_id: None,
-                };
-                for (i, column) in columns.iter().enumerate() {
-                    let i = i + 1;
-                    let f = &mut p.fields;
-                    match *column {
-                        "organization_id" => p.organization_id = row.try_get(i)?,
-                        "created_at" => p.created_at = row.try_get(i)?,
-                        "updated_at" => p.updated_at = row.try_get(i)?,
-                        "version" => p.version = row.try_get(i)?,
-                        "deleted_at" => p.deleted_at = row.try_get(i)?,
-                        "given_name" => f.given_name = row.try_get(i)?,
-                        "family_name" => f.family_name = row.try_get(i)?,
-                        "gender" => f.gender = row.try_get(i)?,
-                        "unhcr_number" => f.unhcr_number = row.try_get(i)?,
-                        "middle_names" => f.middle_names = row.try_get(i)?,
-                        "date_of_birth" => f.date_of_birth = row.try_get(i)?,
-                        "estimated_birth_year" => f.estimated_birth_year = row.try_get(i)?,
-                        "place_of_birth" => f.place_of_birth = row.try_get(i)?,
-                        "refugee_status" => f.refugee_status = row.try_get(i)?,
-                        "origin_country" => f.origin_country = row.try_get(i)?,
-                        "current_camp" => f.current_camp = row.try_get(i)?,
-                        "camp_section" => f.camp_section = row.try_get(i)?,
-                        "phone_number" => f.phone_number = row.try_get(i)?,
-                        "email" => f.email = row.try_get(i)?,
-                        "primary_language" => f.primary_language = row.try_get(i)?,
-                        "languages_spoken" => f.languages_spoken = text_to_list(row.try_get(i)?)?,
-                        "blood_type" => f.blood_type = row.try_get(i)?,
-                        "allergies" => f.allergies = text_to_list(row.try_get(i)?)?,
-                        "chronic_conditions" => f.chronic_conditions = text_to_list(row.try_get(i)?)?,
-                        "emergency_contact_name" => f.emergency_contact_name = row.try_get(i)?,
-                        "emergency_contact_phone" => f.emergency_contact_phone = row.try_get(i)?,
-                        "verification_status" => f.verification_status = row.try_get(i)?,
-                        _ => {}
-                    }
-                }
-                Ok(p)
             }
 
             /// Binds the writable fields as `$3..$24` (after id and org).
@@ -364,53 +454,29 @@ macro_rules! shared_store_impl {
                 Ok(tx)
             }
 
-            /// `AND column IN (values)` for a list filter that is present. An empty list
-            /// selects nobody, never the whole organization.
-            fn push_in<'q, T>(qb: &mut sqlx::QueryBuilder<'q, $db>, column: &str, values: Option<&[T]>)
-            where
-                T: Clone + Send + 'q + sqlx::Encode<'q, $db> + sqlx::Type<$db>,
-            {
-                let Some(values) = values else {
-                    return;
-                };
-                if values.is_empty() {
-                    qb.push(" AND 1 = 0");
-                    return;
-                }
-                qb.push(format!(" AND {column} IN ("));
-                let mut list = qb.separated(", ");
-                for value in values {
-                    list.push_bind(value.clone());
-                }
-                qb.push(")");
-            }
-
             fn push_filters(
                 qb: &mut sqlx::QueryBuilder<'_, $db>,
                 filters: &$crate::domain::filters::PatientFilters,
             ) {
-                let eq = |qb: &mut sqlx::QueryBuilder<'_, $db>, col: &str, v: &Option<String>| {
-                    if let Some(v) = v {
-                        qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+                use $crate::store::sql::FilterValue;
+                for clause in $crate::store::sql::filter_clauses(filters) {
+                    if clause.op == "IN" && clause.values.is_empty() {
+                        qb.push(" AND 1 = 0");
+                        continue;
                     }
-                };
-                eq(qb, "gender", &filters.gender);
-                eq(qb, "refugee_status", &filters.refugee_status);
-                eq(qb, "origin_country", &filters.origin_country);
-                eq(qb, "current_camp", &filters.current_camp);
-                eq(qb, "camp_section", &filters.camp_section);
-                eq(qb, "verification_status", &filters.verification_status);
-                if let Some(d) = filters.born_after {
-                    qb.push(" AND date_of_birth >= ").push_bind(d);
+                    let (open, close) = if clause.op == "IN" { ("IN (", ")") } else { (clause.op, "") };
+                    qb.push(format!(" AND {} {open}", clause.column));
+                    let mut list = qb.separated(", ");
+                    for value in clause.values {
+                        match value {
+                            FilterValue::Text(v) => list.push_bind(v),
+                            FilterValue::Id(v) => list.push_bind(v),
+                            FilterValue::Date(v) => list.push_bind(v),
+                            FilterValue::Time(v) => list.push_bind(v),
+                        };
+                    }
+                    qb.push(close);
                 }
-                if let Some(d) = filters.born_before {
-                    qb.push(" AND date_of_birth <= ").push_bind(d);
-                }
-                if let Some(t) = filters.updated_since {
-                    qb.push(" AND updated_at >= ").push_bind(t);
-                }
-                Self::push_in(qb, "unhcr_number", filters.unhcr_numbers.as_deref());
-                Self::push_in(qb, "id", filters.patient_ids.as_deref());
             }
         }
 

@@ -120,86 +120,50 @@ fn restrict_to_owner(path: &std::path::Path) {
 }
 
 impl SqliteStore {
-    /// Inserts new patients with multi-row INSERTs of at most 500 rows (29 columns
-    /// each: under SQLite's bound-parameter limit).
+    /// Inserts new patients (see [`super::sqlite_direct`]).
     async fn insert_patients(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         patients: &[crate::domain::patient::Patient],
     ) -> StoreResult<()> {
-        use super::sql::list_to_text;
-        for batch in patients.chunks(500) {
-            let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
-                "INSERT INTO patients ({}) ",
-                super::sql::PATIENT_COLUMNS
-            ));
-            qb.push_values(batch, |mut b, p| {
-                let f = &p.fields;
-                b.push_bind(p.id)
-                    .push_bind(p.organization_id)
-                    .push_bind(f.given_name.as_str())
-                    .push_bind(f.family_name.as_str())
-                    .push_bind(f.gender.as_str())
-                    .push_bind(f.unhcr_number.as_deref())
-                    .push_bind(f.middle_names.as_deref())
-                    .push_bind(f.date_of_birth)
-                    .push_bind(f.estimated_birth_year)
-                    .push_bind(f.place_of_birth.as_deref())
-                    .push_bind(f.refugee_status.as_deref())
-                    .push_bind(f.origin_country.as_deref())
-                    .push_bind(f.current_camp.as_deref())
-                    .push_bind(f.camp_section.as_deref())
-                    .push_bind(f.phone_number.as_deref())
-                    .push_bind(f.email.as_deref())
-                    .push_bind(f.primary_language.as_deref())
-                    .push_bind(list_to_text(&f.languages_spoken))
-                    .push_bind(f.blood_type.as_deref())
-                    .push_bind(list_to_text(&f.allergies))
-                    .push_bind(list_to_text(&f.chronic_conditions))
-                    .push_bind(f.emergency_contact_name.as_deref())
-                    .push_bind(f.emergency_contact_phone.as_deref())
-                    .push_bind(f.verification_status.as_str())
-                    .push_bind(p.created_at)
-                    .push_bind(p.updated_at)
-                    .push_bind(p.version)
-                    .push_bind(p.deleted_at)
-                    .push_bind(p.import_operation_id);
-            });
-            qb.build()
-                .execute(&mut **tx)
-                .await
-                .map_err(super::sql::classify)?;
-        }
-        Ok(())
+        super::sqlite_direct::insert_patients(tx, patients).await
     }
 
     /// Writes each patient's new state if its version is still the expected one; the
     /// first patient whose version moved on is returned (the caller rolls back).
-    /// Statement by statement: on SQLite they cost no round trip.
     async fn write_patients(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         org: uuid::Uuid,
         writes: &[super::ops::PatientWrite],
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Option<uuid::Uuid>> {
-        let sql = format!(
-            "UPDATE patients SET {}, deleted_at = $25, version = version + 1, updated_at = $26 \
-             WHERE id = $1 AND organization_id = $2 AND version = $27",
-            super::sql::PATIENT_UPDATE_SET
-        );
-        for write in writes {
-            let query = sqlx::query(&sql).bind(write.patient_id).bind(org);
-            let done = Self::bind_fields(query, &write.fields)
-                .bind(write.deleted_at)
-                .bind(now)
-                .bind(write.expected_version)
-                .execute(&mut **tx)
-                .await
-                .map_err(super::sql::classify)?;
-            if done.rows_affected() != 1 {
-                return Ok(Some(write.patient_id));
-            }
-        }
-        Ok(None)
+        super::sqlite_direct::write_patients(tx, org, writes, now).await
+    }
+
+    /// `SELECT id, <columns>` of the scanned patients, read with SQLite's C API on a
+    /// blocking thread (see [`super::sqlite_direct`]).
+    fn stream_patient_columns(
+        &self,
+        org: uuid::Uuid,
+        filters: crate::domain::filters::PatientFilters,
+        include_deleted: bool,
+        columns: Vec<&'static str>,
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<StoreResult<Vec<crate::domain::patient::Patient>>> {
+        super::sqlite_direct::stream_patients(
+            self.read.clone(),
+            super::ops::PatientScan {
+                org,
+                filters: &filters,
+                include_deleted,
+                imported_by: None,
+                page: super::Page {
+                    after: None,
+                    limit: 0,
+                },
+            },
+            columns,
+            batch,
+        )
     }
 
     /// SQLite has no channel between processes. A dedicated connection reads
