@@ -1056,17 +1056,7 @@ macro_rules! ops_store_impl {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT {} FROM patients WHERE organization_id = ",
-                    $crate::store::sql::PATIENT_COLUMNS
-                ));
-                qb.push_bind(org).push(" AND id IN (");
-                let mut list = qb.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                qb.push(") ORDER BY id");
-                let rows = qb.build().fetch_all(self.reader()).await?;
+                let rows = self.fetch_by_ids(org, ids).await?;
                 rows.iter().map(Self::patient_from_row).collect()
             }
 

@@ -83,6 +83,20 @@ impl PgStore {
             .await?)
     }
 
+    /// Patients by id, deleted or not, as one array parameter: one plan for any count
+    /// (an `IN` list of 2,000 parameters is planned again at every chunk).
+    async fn fetch_by_ids(&self, org: uuid::Uuid, ids: &[uuid::Uuid]) -> StoreResult<Vec<PgRow>> {
+        let sql = format!(
+            "SELECT {} FROM patients WHERE organization_id = $1 AND id = ANY($2) ORDER BY id",
+            super::sql::PATIENT_COLUMNS
+        );
+        Ok(sqlx::query(&sql)
+            .bind(org)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn run_migrations(&self) -> StoreResult<()> {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)

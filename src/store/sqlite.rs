@@ -100,6 +100,25 @@ impl SqliteStore {
         Ok(qb.build().fetch_all(&self.read).await?)
     }
 
+    /// Patients by id, deleted or not (an `IN` list: SQLite has no arrays).
+    async fn fetch_by_ids(
+        &self,
+        org: uuid::Uuid,
+        ids: &[uuid::Uuid],
+    ) -> StoreResult<Vec<SqliteRow>> {
+        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {} FROM patients WHERE organization_id = ",
+            super::sql::PATIENT_COLUMNS
+        ));
+        qb.push_bind(org).push(" AND id IN (");
+        let mut list = qb.separated(", ");
+        for id in ids {
+            list.push_bind(*id);
+        }
+        qb.push(") ORDER BY id");
+        Ok(qb.build().fetch_all(&self.read).await?)
+    }
+
     async fn run_migrations(&self) -> StoreResult<()> {
         sqlx::migrate!("./migrations/sqlite")
             .run(&self.write)
