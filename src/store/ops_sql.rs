@@ -714,25 +714,7 @@ macro_rules! ops_store_impl {
                 if let Some(conflict) = Self::write_patients(&mut tx, op.organization_id, &chunk.writes, now).await? {
                     return Ok(ChunkOutcome::Conflict(conflict));
                 }
-                let backups: Vec<_> = chunk
-                    .writes
-                    .iter()
-                    .filter_map(|w| w.backup.as_ref().map(|image| (w.patient_id, w.expected_version + 1, image)))
-                    .collect();
-                for batch in backups.chunks(500) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) ",
-                    );
-                    qb.push_values(batch, |mut b, (patient_id, version_after, image)| {
-                        b.push_bind(op.id)
-                            .push_bind(*patient_id)
-                            .push_bind(*version_after)
-                            .push_bind(image.to_vec())
-                            .push_bind(now);
-                    });
-                    qb.push(" ON CONFLICT (operation_id, patient_id) DO NOTHING");
-                    qb.build().execute(&mut *tx).await?;
-                }
+                Self::insert_backups(&mut tx, op.id, &chunk.writes, now).await?;
                 let mut removed = 0;
                 for batch in chunk.removals.chunks(1000) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("DELETE FROM patients WHERE organization_id = ");
@@ -1012,14 +994,7 @@ macro_rules! ops_store_impl {
                 &self,
                 scan: $crate::store::ops::PatientScan<'_>,
             ) -> $crate::store::StoreResult<Vec<$crate::domain::patient::Patient>> {
-                let mut qb = sqlx::QueryBuilder::<$db>::new(format!("SELECT {}", $crate::store::sql::PATIENT_COLUMNS));
-                Self::push_scan(&mut qb, &scan);
-                if let Some(after) = scan.page.after {
-                    qb.push(" AND id > ").push_bind(after);
-                }
-                qb.push(" ORDER BY id LIMIT ").push_bind(scan.page.limit);
-                let rows = qb.build().fetch_all(self.reader()).await?;
-                rows.iter().map(Self::patient_from_row).collect()
+                self.scan_patient_page(scan).await
             }
 
             fn stream_patients(

@@ -178,6 +178,22 @@ impl PgStore {
         Ok(())
     }
 
+    /// One page of the scanned patients (see `OpsStore::scan_patients`).
+    async fn scan_patient_page(
+        &self,
+        scan: super::ops::PatientScan<'_>,
+    ) -> StoreResult<Vec<crate::domain::patient::Patient>> {
+        let mut qb =
+            sqlx::QueryBuilder::<Postgres>::new(format!("SELECT {}", super::sql::PATIENT_COLUMNS));
+        Self::push_scan(&mut qb, &scan);
+        if let Some(after) = scan.page.after {
+            qb.push(" AND id > ").push_bind(after);
+        }
+        qb.push(" ORDER BY id LIMIT ").push_bind(scan.page.limit);
+        let rows = qb.build().fetch_all(self.reader()).await?;
+        rows.iter().map(Self::patient_from_row).collect()
+    }
+
     /// `SELECT id, <columns>` of the scanned patients as one streamed query, in pages of
     /// `batch` (see `OpsStore::stream_patients`).
     fn stream_patient_columns(
@@ -235,6 +251,41 @@ impl PgStore {
             }
         });
         rx
+    }
+
+    /// The before-images of a chunk's writes, in one statement over arrays. A patient
+    /// backed up already by this operation keeps its first image (the state before it).
+    async fn insert_backups(
+        tx: &mut sqlx::Transaction<'_, Postgres>,
+        operation_id: uuid::Uuid,
+        writes: &[super::ops::PatientWrite],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        let backed_up: Vec<&super::ops::PatientWrite> =
+            writes.iter().filter(|w| w.backup.is_some()).collect();
+        if backed_up.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = backed_up.iter().map(|w| w.patient_id).collect();
+        let versions: Vec<i64> = backed_up.iter().map(|w| w.expected_version + 1).collect();
+        let images: Vec<&[u8]> = backed_up
+            .iter()
+            .filter_map(|w| w.backup.as_deref())
+            .collect();
+        sqlx::query(
+            "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) \
+             SELECT $1, patient_id, version_after, before_image, $5 \
+             FROM UNNEST($2::uuid[], $3::bigint[], $4::bytea[]) AS b(patient_id, version_after, before_image) \
+             ON CONFLICT (operation_id, patient_id) DO NOTHING",
+        )
+        .bind(operation_id)
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&images)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
     }
 
     /// Writes each patient's new state if its version is still the expected one, in one

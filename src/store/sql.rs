@@ -187,6 +187,7 @@ pub fn patient_from_columns(
             "emergency_contact_name" => f.emergency_contact_name = row.text(i)?,
             "emergency_contact_phone" => f.emergency_contact_phone = row.text(i)?,
             "verification_status" => f.verification_status = required(row.text(i)?, column)?,
+            "import_operation_id" => p.import_operation_id = row.id(i)?,
             _ => {}
         }
     }

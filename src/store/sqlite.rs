@@ -147,6 +147,16 @@ impl SqliteStore {
         super::sqlite_direct::insert_patients(tx, patients).await
     }
 
+    /// The before-images of a chunk's writes (see [`super::sqlite_direct`]).
+    async fn insert_backups(
+        tx: &mut sqlx::Transaction<'_, Sqlite>,
+        operation_id: uuid::Uuid,
+        writes: &[super::ops::PatientWrite],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<()> {
+        super::sqlite_direct::insert_backups(tx, operation_id, writes, now).await
+    }
+
     /// Writes each patient's new state if its version is still the expected one; the
     /// first patient whose version moved on is returned (the caller rolls back).
     async fn write_patients(
@@ -156,6 +166,15 @@ impl SqliteStore {
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Option<uuid::Uuid>> {
         super::sqlite_direct::write_patients(tx, org, writes, now).await
+    }
+
+    /// One page of the scanned patients, read with SQLite's C API (see
+    /// [`super::sqlite_direct`]).
+    async fn scan_patient_page(
+        &self,
+        scan: super::ops::PatientScan<'_>,
+    ) -> StoreResult<Vec<crate::domain::patient::Patient>> {
+        super::sqlite_direct::scan_patients(&self.read, scan).await
     }
 
     /// `SELECT id, <columns>` of the scanned patients, read with SQLite's C API on a

@@ -189,6 +189,37 @@ pub async fn insert_patients(conn: &mut SqliteConnection, patients: &[Patient]) 
     .await
 }
 
+/// The before-images of a chunk's writes, one prepared statement stepped per image. A
+/// patient backed up already by this operation keeps its first image.
+pub async fn insert_backups(
+    conn: &mut SqliteConnection,
+    operation_id: Uuid,
+    writes: &[super::ops::PatientWrite],
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    if writes.iter().all(|w| w.backup.is_none()) {
+        return Ok(());
+    }
+    with_raw(conn, |db| {
+        let mut stmt = db.prepare(
+            "INSERT INTO operation_backups (operation_id, patient_id, version_after, before_image, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (operation_id, patient_id) DO NOTHING",
+        )?;
+        let now = Time(now);
+        for write in writes {
+            let Some(image) = &write.backup else { continue };
+            stmt.raw_bind_parameter(1, Id(operation_id))?;
+            stmt.raw_bind_parameter(5, &now)?;
+            stmt.raw_bind_parameter(2, Id(write.patient_id))?;
+            stmt.raw_bind_parameter(3, write.expected_version + 1)?;
+            stmt.raw_bind_parameter(4, image.as_slice())?;
+            stmt.raw_execute()?;
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Writes each patient's new state if its version is still the expected one; the first
 /// patient whose version moved on is returned (the caller rolls back).
 pub async fn write_patients(
@@ -286,24 +317,19 @@ impl ColumnRead for DirectRow<'_, '_> {
     }
 }
 
-/// Streams `SELECT id, <columns> FROM patients WHERE …` of one organization in
-/// pages of `batch`, read on a blocking thread from a pooled read connection: one
-/// statement, one snapshot. Ends when the receiver is dropped.
-pub fn stream_patients(
-    pool: sqlx::SqlitePool,
-    scan: super::ops::PatientScan<'_>,
-    columns: Vec<&'static str>,
-    batch: usize,
-) -> tokio::sync::mpsc::Receiver<StoreResult<Vec<Patient>>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let org = scan.org;
+/// `SELECT id, <columns> FROM patients WHERE <the scan's conditions>` with `?`
+/// placeholders, and the values they take.
+fn scan_sql(
+    scan: &super::ops::PatientScan<'_>,
+    columns: &[&'static str],
+) -> (String, Vec<FilterValue>) {
     let mut sql = String::from("SELECT id");
-    for column in &columns {
+    for column in columns {
         sql.push_str(", ");
         sql.push_str(column);
     }
     sql.push_str(" FROM patients WHERE organization_id = ?");
-    let mut params = vec![FilterValue::Id(org)];
+    let mut params = vec![FilterValue::Id(scan.org)];
     if !scan.include_deleted {
         sql.push_str(" AND deleted_at IS NULL");
     }
@@ -324,6 +350,63 @@ pub fn stream_patients(
         }
         params.extend(clause.values);
     }
+    (sql, params)
+}
+
+/// One page of the scanned patients (`id > page.after`, by id, at most `page.limit`),
+/// every column, read on a blocking thread from a pooled read connection.
+pub async fn scan_patients(
+    pool: &sqlx::SqlitePool,
+    scan: super::ops::PatientScan<'_>,
+) -> StoreResult<Vec<Patient>> {
+    let columns: Vec<&'static str> = super::sql::PATIENT_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "id")
+        .collect();
+    let (mut sql, mut params) = scan_sql(&scan, &columns);
+    if let Some(after) = scan.page.after {
+        sql.push_str(" AND id > ?");
+        params.push(FilterValue::Id(after));
+    }
+    // A number from the engine, not from a request.
+    sql.push_str(&format!(" ORDER BY id LIMIT {}", scan.page.limit.max(0)));
+    let org = scan.org;
+    let mut conn = pool.acquire().await?;
+    tokio::task::spawn_blocking(move || {
+        let mut handle = futures::executor::block_on(conn.lock_handle())?;
+        run_raw(&mut handle, |db| {
+            let mut stmt = db.prepare(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+            let mut page = Vec::new();
+            while let Some(row) = rows.next()? {
+                page.push(super::sql::patient_from_columns(
+                    &DirectRow(row),
+                    &columns,
+                    org,
+                ));
+            }
+            Ok(page)
+        })?
+        .into_iter()
+        .collect()
+    })
+    .await
+    .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
+}
+
+/// Streams `SELECT id, <columns> FROM patients WHERE …` of one organization in
+/// pages of `batch`, read on a blocking thread from a pooled read connection: one
+/// statement, one snapshot. Ends when the receiver is dropped.
+pub fn stream_patients(
+    pool: sqlx::SqlitePool,
+    scan: super::ops::PatientScan<'_>,
+    columns: Vec<&'static str>,
+    batch: usize,
+) -> tokio::sync::mpsc::Receiver<StoreResult<Vec<Patient>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let org = scan.org;
+    let (mut sql, params) = scan_sql(&scan, &columns);
     sql.push_str(" ORDER BY id");
     tokio::spawn(async move {
         let conn = match pool.acquire().await {
