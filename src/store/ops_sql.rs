@@ -1031,8 +1031,7 @@ macro_rules! ops_store_impl {
                 if ids.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows = self.fetch_by_ids(org, ids).await?;
-                rows.iter().map(Self::patient_from_row).collect()
+                self.fetch_by_ids(org, ids).await
             }
 
             async fn backups(
@@ -1041,23 +1040,7 @@ macro_rules! ops_store_impl {
                 after: Option<uuid::Uuid>,
                 limit: i64,
             ) -> $crate::store::StoreResult<Vec<$crate::store::ops::Backup>> {
-                let mut qb = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT patient_id, version_after, before_image FROM operation_backups WHERE operation_id = ",
-                );
-                qb.push_bind(operation_id);
-                if let Some(after) = after {
-                    qb.push(" AND patient_id > ").push_bind(after);
-                }
-                qb.push(" ORDER BY patient_id LIMIT ").push_bind(limit);
-                let rows: Vec<(uuid::Uuid, i64, Vec<u8>)> = qb.build_query_as().fetch_all(self.reader()).await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(patient_id, version_after, before_image)| $crate::store::ops::Backup {
-                        patient_id,
-                        version_after,
-                        before_image,
-                    })
-                    .collect())
+                self.backup_page(operation_id, after, limit).await
             }
 
             async fn count_backups(&self, operation_id: uuid::Uuid) -> $crate::store::StoreResult<i64> {

@@ -85,16 +85,50 @@ impl PgStore {
 
     /// Patients by id, deleted or not, as one array parameter: one plan for any count
     /// (an `IN` list of 2,000 parameters is planned again at every chunk).
-    async fn fetch_by_ids(&self, org: uuid::Uuid, ids: &[uuid::Uuid]) -> StoreResult<Vec<PgRow>> {
+    async fn fetch_by_ids(
+        &self,
+        org: uuid::Uuid,
+        ids: &[uuid::Uuid],
+    ) -> StoreResult<Vec<crate::domain::patient::Patient>> {
         let sql = format!(
             "SELECT {} FROM patients WHERE organization_id = $1 AND id = ANY($2) ORDER BY id",
             super::sql::PATIENT_COLUMNS
         );
-        Ok(sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(org)
             .bind(ids)
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        rows.iter().map(Self::patient_from_row).collect()
+    }
+
+    /// A page of an operation's before-images, by patient id.
+    async fn backup_page(
+        &self,
+        operation_id: uuid::Uuid,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<super::ops::Backup>> {
+        let rows: Vec<(uuid::Uuid, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT patient_id, version_after, before_image FROM operation_backups \
+             WHERE operation_id = $1 AND ($2::uuid IS NULL OR patient_id > $2) \
+             ORDER BY patient_id LIMIT $3",
+        )
+        .bind(operation_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(patient_id, version_after, before_image)| super::ops::Backup {
+                    patient_id,
+                    version_after,
+                    before_image,
+                },
+            )
+            .collect())
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {

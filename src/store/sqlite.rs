@@ -100,23 +100,23 @@ impl SqliteStore {
         Ok(qb.build().fetch_all(&self.read).await?)
     }
 
-    /// Patients by id, deleted or not (an `IN` list: SQLite has no arrays).
+    /// Patients by id, deleted or not (see [`super::sqlite_direct`]).
     async fn fetch_by_ids(
         &self,
         org: uuid::Uuid,
         ids: &[uuid::Uuid],
-    ) -> StoreResult<Vec<SqliteRow>> {
-        let mut qb = sqlx::QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {} FROM patients WHERE organization_id = ",
-            super::sql::PATIENT_COLUMNS
-        ));
-        qb.push_bind(org).push(" AND id IN (");
-        let mut list = qb.separated(", ");
-        for id in ids {
-            list.push_bind(*id);
-        }
-        qb.push(") ORDER BY id");
-        Ok(qb.build().fetch_all(&self.read).await?)
+    ) -> StoreResult<Vec<crate::domain::patient::Patient>> {
+        super::sqlite_direct::patients_by_id(&self.read, org, ids).await
+    }
+
+    /// A page of an operation's before-images (see [`super::sqlite_direct`]).
+    async fn backup_page(
+        &self,
+        operation_id: uuid::Uuid,
+        after: Option<uuid::Uuid>,
+        limit: i64,
+    ) -> StoreResult<Vec<super::ops::Backup>> {
+        super::sqlite_direct::backups(&self.read, operation_id, after, limit).await
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {

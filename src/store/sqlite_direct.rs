@@ -359,11 +359,7 @@ pub async fn scan_patients(
     pool: &sqlx::SqlitePool,
     scan: super::ops::PatientScan<'_>,
 ) -> StoreResult<Vec<Patient>> {
-    let columns: Vec<&'static str> = super::sql::PATIENT_COLUMNS
-        .split(',')
-        .map(str::trim)
-        .filter(|c| *c != "id")
-        .collect();
+    let columns = all_columns();
     let (mut sql, mut params) = scan_sql(&scan, &columns);
     if let Some(after) = scan.page.after {
         sql.push_str(" AND id > ?");
@@ -371,25 +367,108 @@ pub async fn scan_patients(
     }
     // A number from the engine, not from a request.
     sql.push_str(&format!(" ORDER BY id LIMIT {}", scan.page.limit.max(0)));
-    let org = scan.org;
+    query_patients(pool, sql, params, columns, scan.org).await
+}
+
+/// Every column of `patients`, `id` first, as [`super::sql::PATIENT_COLUMNS`] lists them.
+fn all_columns() -> Vec<&'static str> {
+    super::sql::PATIENT_COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|c| *c != "id")
+        .collect()
+}
+
+/// Patients by id, deleted or not, within the organization.
+pub async fn patients_by_id(
+    pool: &sqlx::SqlitePool,
+    org: Uuid,
+    ids: &[Uuid],
+) -> StoreResult<Vec<Patient>> {
+    let columns = all_columns();
+    let marks = vec!["?"; ids.len()].join(", ");
+    let sql = format!(
+        "SELECT id, {} FROM patients WHERE organization_id = ? AND id IN ({marks}) ORDER BY id",
+        columns.join(", ")
+    );
+    let mut params = vec![FilterValue::Id(org)];
+    params.extend(ids.iter().copied().map(FilterValue::Id));
+    query_patients(pool, sql, params, columns, org).await
+}
+
+/// Runs a `SELECT id, <columns> …` on a blocking thread from a pooled read connection
+/// and decodes every row.
+async fn query_patients(
+    pool: &sqlx::SqlitePool,
+    sql: String,
+    params: Vec<FilterValue>,
+    columns: Vec<&'static str>,
+    org: Uuid,
+) -> StoreResult<Vec<Patient>> {
+    read_blocking(pool, move |db| {
+        let mut stmt = db.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut page = Vec::new();
+        while let Some(row) = rows.next()? {
+            page.push(super::sql::patient_from_columns(
+                &DirectRow(row),
+                &columns,
+                org,
+            ));
+        }
+        Ok(page)
+    })
+    .await?
+    .into_iter()
+    .collect()
+}
+
+/// A page of an operation's before-images, by patient id.
+pub async fn backups(
+    pool: &sqlx::SqlitePool,
+    operation_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> StoreResult<Vec<super::ops::Backup>> {
+    let mut sql = String::from(
+        "SELECT patient_id, version_after, before_image FROM operation_backups \
+         WHERE operation_id = ?1 AND patient_id > ?2 ORDER BY patient_id LIMIT ?3",
+    );
+    if after.is_none() {
+        sql = sql.replace("AND patient_id > ?2 ", "AND ?2 IS NULL ");
+    }
+    read_blocking(pool, move |db| {
+        let mut stmt = db.prepare(&sql)?;
+        let mut rows = stmt.query((Id(operation_id), after.map(Id), limit))?;
+        let mut page = Vec::new();
+        while let Some(row) = rows.next()? {
+            let patient_id = DirectRow(row).id(0);
+            let version_after: i64 = row.get(1)?;
+            let before_image: Vec<u8> = row.get(2)?;
+            page.push(patient_id.and_then(|id| {
+                Ok(super::ops::Backup {
+                    patient_id: id.ok_or_else(|| corrupt(0, "NULL"))?,
+                    version_after,
+                    before_image,
+                })
+            }));
+        }
+        Ok(page)
+    })
+    .await?
+    .into_iter()
+    .collect()
+}
+
+/// Runs `work` on a pooled read connection's raw handle, on a blocking thread.
+async fn read_blocking<T: Send + 'static>(
+    pool: &sqlx::SqlitePool,
+    work: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> StoreResult<T> {
     let mut conn = pool.acquire().await?;
     tokio::task::spawn_blocking(move || {
         let mut handle = futures::executor::block_on(conn.lock_handle())?;
-        run_raw(&mut handle, |db| {
-            let mut stmt = db.prepare(&sql)?;
-            let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
-            let mut page = Vec::new();
-            while let Some(row) = rows.next()? {
-                page.push(super::sql::patient_from_columns(
-                    &DirectRow(row),
-                    &columns,
-                    org,
-                ));
-            }
-            Ok(page)
-        })?
-        .into_iter()
-        .collect()
+        run_raw(&mut handle, work)
     })
     .await
     .map_err(|e| StoreError::Database(sqlx::Error::Io(std::io::Error::other(e))))?
