@@ -109,16 +109,21 @@ impl PgStore {
         after: Option<uuid::Uuid>,
         limit: i64,
     ) -> StoreResult<Vec<super::ops::Backup>> {
-        let rows: Vec<(uuid::Uuid, i64, Vec<u8>)> = sqlx::query_as(
+        // Two statements, not `($2 IS NULL OR patient_id > $2)`: a generic plan of that
+        // cannot start the index scan at `after`, and every page would read from the start.
+        let sql = if after.is_some() {
             "SELECT patient_id, version_after, before_image FROM operation_backups \
-             WHERE operation_id = $1 AND ($2::uuid IS NULL OR patient_id > $2) \
-             ORDER BY patient_id LIMIT $3",
-        )
-        .bind(operation_id)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE operation_id = $1 AND patient_id > $2 ORDER BY patient_id LIMIT $3"
+        } else {
+            "SELECT patient_id, version_after, before_image FROM operation_backups \
+             WHERE operation_id = $1 AND $2::uuid IS NULL ORDER BY patient_id LIMIT $3"
+        };
+        let rows: Vec<(uuid::Uuid, i64, Vec<u8>)> = sqlx::query_as(sql)
+            .bind(operation_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(
