@@ -33,22 +33,28 @@ impl ToSql for Id {
 /// A date as sqlx stores it on SQLite.
 struct Day(NaiveDate);
 
+fn day_text(day: NaiveDate) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Text(day.format("%F").to_string()))
+}
+
 impl ToSql for Day {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Owned(Value::Text(
-            self.0.format("%F").to_string(),
-        )))
+        Ok(day_text(self.0))
     }
 }
 
 /// A time as sqlx stores it on SQLite.
 struct Time(DateTime<Utc>);
 
+fn time_text(time: DateTime<Utc>) -> ToSqlOutput<'static> {
+    ToSqlOutput::Owned(Value::Text(
+        time.to_rfc3339_opts(SecondsFormat::AutoSi, false),
+    ))
+}
+
 impl ToSql for Time {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Owned(Value::Text(
-            self.0.to_rfc3339_opts(SecondsFormat::AutoSi, false),
-        )))
+        Ok(time_text(self.0))
     }
 }
 
@@ -57,10 +63,8 @@ impl ToSql for FilterValue {
         Ok(match self {
             FilterValue::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
             FilterValue::Id(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v.as_bytes())),
-            FilterValue::Date(v) => ToSqlOutput::Owned(Value::Text(v.format("%F").to_string())),
-            FilterValue::Time(v) => {
-                ToSqlOutput::Owned(Value::Text(v.to_rfc3339_opts(SecondsFormat::AutoSi, false)))
-            }
+            FilterValue::Date(v) => day_text(*v),
+            FilterValue::Time(v) => time_text(*v),
         })
     }
 }
