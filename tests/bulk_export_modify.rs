@@ -429,6 +429,32 @@ dual_test!(
             count(json!({"filters": {"unhcr_numbers": ["KEN-24-000001", "UGA-24-000008"]}})).await,
             2
         );
+        // Dates and times are compared as the database stores them (on SQLite the export
+        // reads through SQLite's C API, with values encoded as sqlx encodes them).
+        // Both bounds are inclusive; a patient without a date of birth matches neither.
+        assert_eq!(
+            count(json!({"filters": {"born_after": "1990-01-01"}})).await,
+            4
+        );
+        assert_eq!(
+            count(json!({"filters": {"born_before": "1989-12-31"}})).await,
+            3
+        );
+        assert_eq!(
+            count(json!({"filters": {"born_after": "1988-02-29", "born_before": "1991-03-14"}}))
+                .await,
+            2
+        );
+        let hour_ago = (Utc::now() - Duration::hours(1)).to_rfc3339();
+        let in_an_hour = (Utc::now() + Duration::hours(1)).to_rfc3339();
+        assert_eq!(
+            count(json!({"filters": {"updated_since": hour_ago}})).await,
+            8
+        );
+        assert_eq!(
+            count(json!({"filters": {"updated_since": in_an_hour}})).await,
+            0
+        );
 
         let stored = patients(&app, &token, "").await;
         let amina = by_unhcr(&stored, "KEN-24-000001")["id"]
