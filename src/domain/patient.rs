@@ -55,6 +55,31 @@ pub struct PatientFields {
     pub verification_status: String,
 }
 
+/// One field of [`PatientFields`], borrowed, in the shape it is stored in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FieldRef<'a> {
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Date(Option<NaiveDate>),
+    Int(Option<i64>),
+    List(&'a [String]),
+}
+
+impl FieldRef<'_> {
+    pub fn to_json(self) -> Value {
+        let text = |t: &str| Value::String(t.to_string());
+        match self {
+            FieldRef::Text(t) => text(t),
+            FieldRef::OptText(t) => t.map(text).unwrap_or(Value::Null),
+            FieldRef::Date(d) => d
+                .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
+                .unwrap_or(Value::Null),
+            FieldRef::Int(n) => n.map(Value::from).unwrap_or(Value::Null),
+            FieldRef::List(items) => Value::Array(items.iter().map(|i| text(i)).collect()),
+        }
+    }
+}
+
 /// Every field a user may write, in the canonical CSV column order.
 pub const WRITABLE_FIELDS: [&str; 22] = [
     "unhcr_number",
@@ -337,41 +362,85 @@ impl PatientFields {
         errors
     }
 
-    /// The value of a field as JSON, for exports, before-images and API answers.
-    pub fn get_json(&self, field: &str) -> Option<Value> {
-        let s = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
-        let l = |v: &Vec<String>| Value::Array(v.iter().cloned().map(Value::String).collect());
+    /// A field's value as stored, borrowed: for comparing two records field by field
+    /// and for binding one field to SQL without copying it.
+    pub fn field(&self, field: &str) -> Option<FieldRef<'_>> {
+        use FieldRef::{Date, Int, List, OptText, Text};
         Some(match field {
-            "given_name" => Value::String(self.given_name.clone()),
-            "family_name" => Value::String(self.family_name.clone()),
-            "gender" => Value::String(self.gender.clone()),
-            "unhcr_number" => s(&self.unhcr_number),
-            "middle_names" => s(&self.middle_names),
-            "date_of_birth" => self
-                .date_of_birth
-                .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
-                .unwrap_or(Value::Null),
-            "estimated_birth_year" => self
-                .estimated_birth_year
-                .map(Value::from)
-                .unwrap_or(Value::Null),
-            "place_of_birth" => s(&self.place_of_birth),
-            "refugee_status" => s(&self.refugee_status),
-            "origin_country" => s(&self.origin_country),
-            "current_camp" => s(&self.current_camp),
-            "camp_section" => s(&self.camp_section),
-            "phone_number" => s(&self.phone_number),
-            "email" => s(&self.email),
-            "primary_language" => s(&self.primary_language),
-            "languages_spoken" => l(&self.languages_spoken),
-            "blood_type" => s(&self.blood_type),
-            "allergies" => l(&self.allergies),
-            "chronic_conditions" => l(&self.chronic_conditions),
-            "emergency_contact_name" => s(&self.emergency_contact_name),
-            "emergency_contact_phone" => s(&self.emergency_contact_phone),
-            "verification_status" => Value::String(self.verification_status.clone()),
+            "given_name" => Text(&self.given_name),
+            "family_name" => Text(&self.family_name),
+            "gender" => Text(&self.gender),
+            "unhcr_number" => OptText(self.unhcr_number.as_deref()),
+            "middle_names" => OptText(self.middle_names.as_deref()),
+            "date_of_birth" => Date(self.date_of_birth),
+            "estimated_birth_year" => Int(self.estimated_birth_year),
+            "place_of_birth" => OptText(self.place_of_birth.as_deref()),
+            "refugee_status" => OptText(self.refugee_status.as_deref()),
+            "origin_country" => OptText(self.origin_country.as_deref()),
+            "current_camp" => OptText(self.current_camp.as_deref()),
+            "camp_section" => OptText(self.camp_section.as_deref()),
+            "phone_number" => OptText(self.phone_number.as_deref()),
+            "email" => OptText(self.email.as_deref()),
+            "primary_language" => OptText(self.primary_language.as_deref()),
+            "languages_spoken" => List(&self.languages_spoken),
+            "blood_type" => OptText(self.blood_type.as_deref()),
+            "allergies" => List(&self.allergies),
+            "chronic_conditions" => List(&self.chronic_conditions),
+            "emergency_contact_name" => OptText(self.emergency_contact_name.as_deref()),
+            "emergency_contact_phone" => OptText(self.emergency_contact_phone.as_deref()),
+            "verification_status" => Text(&self.verification_status),
             _ => return None,
         })
+    }
+
+    /// The value of a field as JSON, for exports, before-images and API answers: the
+    /// same JSON as the field's part of the record's serde form.
+    pub fn get_json(&self, field: &str) -> Option<Value> {
+        self.field(field).map(FieldRef::to_json)
+    }
+
+    /// The writable fields whose values differ between `self` and `other`.
+    pub fn differing_fields<'a>(
+        &'a self,
+        other: &'a PatientFields,
+    ) -> impl Iterator<Item = &'static str> + 'a {
+        WRITABLE_FIELDS
+            .into_iter()
+            .filter(move |f| self.field(f) != other.field(f))
+    }
+
+    /// Sets a field back to a value [`Self::get_json`] gave, without the input rules
+    /// (it was stored already; a rule like "not in the future" may no longer hold).
+    pub fn restore_json(&mut self, field: &str, value: Value) -> Result<(), String> {
+        fn from<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+            serde_json::from_value(value).map_err(|e| e.to_string())
+        }
+        match field {
+            "given_name" => self.given_name = from(value)?,
+            "family_name" => self.family_name = from(value)?,
+            "gender" => self.gender = from(value)?,
+            "unhcr_number" => self.unhcr_number = from(value)?,
+            "middle_names" => self.middle_names = from(value)?,
+            "date_of_birth" => self.date_of_birth = from(value)?,
+            "estimated_birth_year" => self.estimated_birth_year = from(value)?,
+            "place_of_birth" => self.place_of_birth = from(value)?,
+            "refugee_status" => self.refugee_status = from(value)?,
+            "origin_country" => self.origin_country = from(value)?,
+            "current_camp" => self.current_camp = from(value)?,
+            "camp_section" => self.camp_section = from(value)?,
+            "phone_number" => self.phone_number = from(value)?,
+            "email" => self.email = from(value)?,
+            "primary_language" => self.primary_language = from(value)?,
+            "languages_spoken" => self.languages_spoken = from(value)?,
+            "blood_type" => self.blood_type = from(value)?,
+            "allergies" => self.allergies = from(value)?,
+            "chronic_conditions" => self.chronic_conditions = from(value)?,
+            "emergency_contact_name" => self.emergency_contact_name = from(value)?,
+            "emergency_contact_phone" => self.emergency_contact_phone = from(value)?,
+            "verification_status" => self.verification_status = from(value)?,
+            other => return Err(format!("unknown field {other}")),
+        }
+        Ok(())
     }
 
     /// Applies a JSON object of changes (absent fields stay, `null` clears).

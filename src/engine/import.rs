@@ -12,6 +12,7 @@ use std::hash::{Hash, Hasher};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::before_image::BeforeImage;
 use super::{undo, Outcome, Run, RunError};
 use crate::blobs::{BlobStore, BlockingBlobReader};
 use crate::domain::operation::{ImportMode, OnError, Parameters};
@@ -434,7 +435,7 @@ async fn plan_chunk(
                         let _ = merged.set(field, raw, DateFormat::Iso, today);
                     }
                 }
-                let image = json!({"fields": existing.fields, "deleted_at": existing.deleted_at});
+                let image = BeforeImage::of_change(existing, &merged);
                 chunk.writes.push(PatientWrite {
                     patient_id: existing.id,
                     expected_version: existing.version,

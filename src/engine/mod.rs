@@ -5,6 +5,7 @@
 //! lease), the progress cursor (committed with each chunk), the before-images. A worker
 //! holds nothing that another worker could not rebuild after taking over.
 
+pub mod before_image;
 mod cleanup;
 mod export;
 mod import;
@@ -335,11 +336,15 @@ impl Run<'_> {
     }
 
     /// Seals a before-image bound to this operation and patient.
-    pub fn seal_backup(&self, operation_id: Uuid, patient_id: Uuid, image: &Value) -> Vec<u8> {
-        self.engine.keyring.seal(
-            image.to_string().as_bytes(),
-            &backup_aad(operation_id, patient_id),
-        )
+    pub fn seal_backup(
+        &self,
+        operation_id: Uuid,
+        patient_id: Uuid,
+        image: &before_image::BeforeImage,
+    ) -> Vec<u8> {
+        self.engine
+            .keyring
+            .seal(&image.to_bytes(), &backup_aad(operation_id, patient_id))
     }
 }
 

@@ -5,11 +5,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
+use super::before_image::BeforeImage;
 use super::undo::{self, UndoCursor};
 use super::{Outcome, Run, RunError};
 use crate::domain::now;
 use crate::domain::operation::Parameters;
-use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
+use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite, WrittenColumns};
 use crate::store::Page;
 
 /// Patients a chunk of an update or delete changes, in one transaction with the cursor
@@ -107,12 +108,18 @@ async fn modify_rows(
     if cursor.after.is_none() {
         cursor.total = engine.store.count_patients(scan(None)).await?;
     }
+    // The next page, read while the previous chunk committed.
+    let mut read_ahead = None;
     loop {
-        let page = engine.store.scan_patients(scan(cursor.after)).await?;
+        let page = match read_ahead.take() {
+            Some(page) => page,
+            None => engine.store.scan_patients(scan(cursor.after)).await?,
+        };
         let Some(last) = page.last() else { break };
         let mut next = cursor.clone();
         next.after = Some(last.id);
         let mut chunk = Chunk::default();
+        let mut written = WrittenColumns::default();
         let at = now();
         for patient in &page {
             next.matched += 1;
@@ -127,8 +134,9 @@ async fn modify_rows(
                 None
             };
             next.changed += 1;
+            written.add_change(patient, &fields, deleted_at);
             let backup = create_backup.then(|| {
-                let image = json!({"fields": patient.fields, "deleted_at": patient.deleted_at});
+                let image = BeforeImage::of_change(patient, &fields);
                 run.seal_backup(run.op.id, patient.id, &image)
             });
             chunk.writes.push(PatientWrite {
@@ -142,15 +150,26 @@ async fn modify_rows(
         if run.op.dry_run {
             chunk.writes.clear();
         }
+        chunk.written = Some(written);
         chunk.processed = next.matched;
         chunk.total = Some(cursor.total.max(next.matched));
         chunk.cursor = serde_json::to_string(&next).unwrap_or_default();
-        match run.try_commit(chunk).await? {
+        // The next page holds other patients than this chunk writes, so it is read
+        // while the chunk commits (the database works on both, and on 2 cores the
+        // engine's work overlaps the database's). A patient edited in between fails
+        // the version check of its own chunk, which then reads its page again.
+        let (outcome, next_page) = tokio::join!(
+            run.try_commit(chunk),
+            engine.store.scan_patients(scan(next.after))
+        );
+        match outcome? {
             // A patient was edited between our read and our write: read the page again.
             ChunkOutcome::Conflict(_) => continue,
             ChunkOutcome::LeaseLost => return Err(RunError::LeaseLost),
             ChunkOutcome::Committed { cancel_requested } => {
                 cursor = next;
+                // A failed read is simply read again.
+                read_ahead = next_page.ok();
                 if cancel_requested {
                     let state = UndoCursor::new(undo::Reason::Cancelled);
                     return undo_and_end(run, cursor, state, is_delete, create_backup).await;

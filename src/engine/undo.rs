@@ -8,15 +8,18 @@
 //! and the operation shows `undoing` until it is done. Patients it must leave alone
 //! are stored as rows of `operation_conflicts`, never in the cursor.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::before_image::BeforeImage;
 use super::{backup_aad, Outcome, Run, RunError};
 use crate::domain::filters::PatientFilters;
-use crate::domain::patient::PatientFields;
+use crate::domain::patient::Patient;
 pub use crate::store::ops::Conflict;
-use crate::store::ops::{Chunk, ChunkOutcome, PatientScan, PatientWrite};
+use crate::store::ops::{Backup, Chunk, ChunkOutcome, PatientScan, PatientWrite, WrittenColumns};
 use crate::store::Page;
 
 /// Patients an undo chunk removes or restores, in one transaction with the cursor
@@ -110,13 +113,6 @@ impl UndoCursor {
     }
 }
 
-/// The state a before-image holds.
-#[derive(Debug, Deserialize)]
-struct BeforeImage {
-    fields: PatientFields,
-    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-}
-
 /// Undoes `target`'s changes. Without `force`, a patient whose version moved on since
 /// the operation is listed as a conflict and left alone.
 pub async fn undo_operation(
@@ -194,21 +190,19 @@ pub async fn undo_operation(
             _ => state = next,
         }
     }
+    // The next page, read while the previous chunk committed.
+    let mut read_ahead = None;
     while state.phase == Phase::Restore {
-        let backups = store.backups(target, state.after, UNDO_CHUNK).await?;
+        let (backups, current) = match read_ahead.take() {
+            Some(page) => page,
+            None => restore_page(run, target, state.after).await?,
+        };
         let Some(last) = backups.last() else {
             state.phase = Phase::Done;
             commit_undo_chunk(run, Chunk::default(), &state, save).await?;
             break;
         };
         let next_after = Some(last.patient_id);
-        let ids: Vec<Uuid> = backups.iter().map(|b| b.patient_id).collect();
-        let current: std::collections::HashMap<Uuid, crate::domain::patient::Patient> = store
-            .patients_by_id(org, &ids)
-            .await?
-            .into_iter()
-            .map(|p| (p.id, p))
-            .collect();
         let mut chunk = Chunk::default();
         let mut restored = 0;
         let mut conflicts = Vec::new();
@@ -236,12 +230,14 @@ pub async fn undo_operation(
                     message: "a backup cannot be decrypted with the configured master key".into(),
                     result: None,
                 })?;
-            let image: BeforeImage =
-                serde_json::from_slice(&plain).map_err(|_| RunError::Failed {
-                    message: "a backup is unreadable".into(),
-                    result: None,
-                })?;
-            images.push((patient, image));
+            let unreadable = |_| RunError::Failed {
+                message: "a backup is unreadable".into(),
+                result: None,
+            };
+            let (fields, deleted_at) = BeforeImage::from_bytes(&plain)
+                .and_then(|image| image.restore(patient))
+                .map_err(unreadable)?;
+            images.push((patient, fields, deleted_at));
         }
         // A restored UNHCR number may have been given to another patient since; the
         // uniqueness rule wins over the restore, even with force. Only a number that
@@ -249,15 +245,15 @@ pub async fn undo_operation(
         // a live patient's own number is unique already (most undos look up nothing).
         let numbers: Vec<String> = images
             .iter()
-            .filter(|(patient, image)| {
-                image.fields.unhcr_number != patient.fields.unhcr_number
-                    || patient.deleted_at.is_some()
+            .filter(|(patient, fields, _)| {
+                fields.unhcr_number != patient.fields.unhcr_number || patient.deleted_at.is_some()
             })
-            .filter_map(|(_, i)| i.fields.unhcr_number.clone())
+            .filter_map(|(_, fields, _)| fields.unhcr_number.clone())
             .collect();
         let holders = store.patients_by_unhcr(org, &numbers).await?;
-        for (patient, image) in images {
-            let taken = image.fields.unhcr_number.as_ref().is_some_and(|n| {
+        let mut written = WrittenColumns::default();
+        for (patient, fields, deleted_at) in images {
+            let taken = fields.unhcr_number.as_ref().is_some_and(|n| {
                 holders
                     .iter()
                     .any(|h| h.id != patient.id && h.fields.unhcr_number.as_ref() == Some(n))
@@ -269,15 +265,17 @@ pub async fn undo_operation(
                 });
                 continue;
             }
+            written.add_change(patient, &fields, deleted_at);
             chunk.writes.push(PatientWrite {
                 patient_id: patient.id,
                 expected_version: patient.version,
-                fields: image.fields,
-                deleted_at: image.deleted_at,
+                fields,
+                deleted_at,
                 backup: None,
             });
             restored += 1;
         }
+        chunk.written = Some(written);
         let mut next = state.clone();
         next.after = next_after;
         next.restored += restored;
@@ -286,13 +284,41 @@ pub async fn undo_operation(
         chunk.cursor = save(&next);
         chunk.processed = next.processed();
         chunk.total = next.total;
-        match run.try_commit(chunk).await? {
+        // As in an update: the next page's patients are others than this chunk's.
+        let (outcome, next_page) =
+            tokio::join!(run.try_commit(chunk), restore_page(run, target, next_after));
+        match outcome? {
             // Someone edited a patient between our read and write: read the page again.
             ChunkOutcome::Conflict(_) => continue,
-            _ => state = next,
+            _ => {
+                state = next;
+                read_ahead = next_page.ok();
+            }
         }
     }
     Ok(state)
+}
+
+/// A page of `target`'s before-images after `after`, with the patients they are of as
+/// they are now.
+async fn restore_page(
+    run: &Run<'_>,
+    target: Uuid,
+    after: Option<Uuid>,
+) -> Result<(Vec<Backup>, HashMap<Uuid, Patient>), RunError> {
+    let store = &run.engine.store;
+    let backups = store.backups(target, after, UNDO_CHUNK).await?;
+    if backups.is_empty() {
+        return Ok((backups, HashMap::new()));
+    }
+    let ids: Vec<Uuid> = backups.iter().map(|b| b.patient_id).collect();
+    let current = store
+        .patients_by_id(run.op.organization_id, &ids)
+        .await?
+        .into_iter()
+        .map(|p| (p.id, p))
+        .collect();
+    Ok((backups, current))
 }
 
 async fn commit_undo_chunk(

@@ -49,6 +49,26 @@ pub struct Chunk {
     pub conflicts: Vec<Conflict>,
     /// Marks the operation as undoing its own changes (first chunk of an undo).
     pub undo: Option<UndoMark>,
+    /// The columns `writes` change; `None`: every writable column and `deleted_at`.
+    pub written: Option<WrittenColumns>,
+}
+
+/// The columns a chunk's writes change. Only these are in the `UPDATE`: the statement
+/// is shorter, and SQLite leaves alone every index on a column it does not set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WrittenColumns {
+    /// Writable fields, in the order of `WRITABLE_FIELDS`.
+    pub fields: Vec<&'static str>,
+    pub deleted_at: bool,
+}
+
+impl WrittenColumns {
+    pub fn all() -> Self {
+        WrittenColumns {
+            fields: crate::domain::patient::WRITABLE_FIELDS.to_vec(),
+            deleted_at: true,
+        }
+    }
 }
 
 /// A patient left as it is by an undo because someone changed it after the operation.

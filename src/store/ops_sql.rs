@@ -711,7 +711,8 @@ macro_rules! ops_store_impl {
                     return Ok(ChunkOutcome::LeaseLost);
                 };
                 Self::insert_patients(&mut tx, &chunk.inserts).await?;
-                if let Some(conflict) = Self::write_patients(&mut tx, op.organization_id, &chunk.writes, now).await? {
+                let written = chunk.written.clone().unwrap_or_else($crate::store::ops::WrittenColumns::all);
+                if let Some(conflict) = Self::write_patients(&mut tx, op.organization_id, &chunk.writes, &written, now).await? {
                     return Ok(ChunkOutcome::Conflict(conflict));
                 }
                 Self::insert_backups(&mut tx, op.id, &chunk.writes, now).await?;

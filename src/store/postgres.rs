@@ -328,95 +328,125 @@ impl PgStore {
     }
 
     /// Writes each patient's new state if its version is still the expected one, in one
-    /// statement over arrays (a statement per patient cost a round trip each); the first
-    /// patient whose version moved on is returned (the caller rolls back).
+    /// statement over arrays (a statement per patient cost a round trip each), setting
+    /// the `written` columns only; the first patient whose version moved on is returned
+    /// (the caller rolls back).
     async fn write_patients(
         tx: &mut sqlx::Transaction<'_, Postgres>,
         org: uuid::Uuid,
         writes: &[super::ops::PatientWrite],
+        written: &super::ops::WrittenColumns,
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Option<uuid::Uuid>> {
-        use super::sql::list_to_text;
-        if writes.is_empty() {
-            return Ok(None);
+        use crate::domain::patient::FieldRef;
+        /// One written column's values, an array parameter of its SQL type.
+        enum Column<'a> {
+            Text(Vec<Option<&'a str>>),
+            Date(Vec<Option<chrono::NaiveDate>>),
+            Int(Vec<Option<i64>>),
+            List(Vec<String>),
         }
-        let text = |get: fn(&crate::domain::patient::PatientFields) -> Option<String>| -> Vec<Option<String>> {
-            writes.iter().map(|w| get(&w.fields)).collect()
+        let Some(first) = writes.first() else {
+            return Ok(None);
         };
+        let mut columns = Vec::with_capacity(written.fields.len());
+        let mut set = String::new();
+        let mut arrays = String::new();
+        let mut names = String::new();
+        for field in &written.fields {
+            let (column, sql_type) = match first.fields.field(field) {
+                Some(FieldRef::Text(_) | FieldRef::OptText(_)) => (
+                    Column::Text(
+                        writes
+                            .iter()
+                            .map(|w| match w.fields.field(field) {
+                                Some(FieldRef::Text(t)) => Some(t),
+                                Some(FieldRef::OptText(t)) => t,
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    "text",
+                ),
+                Some(FieldRef::Date(_)) => (
+                    Column::Date(
+                        writes
+                            .iter()
+                            .map(|w| match w.fields.field(field) {
+                                Some(FieldRef::Date(d)) => d,
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    "date",
+                ),
+                Some(FieldRef::Int(_)) => (
+                    Column::Int(
+                        writes
+                            .iter()
+                            .map(|w| match w.fields.field(field) {
+                                Some(FieldRef::Int(n)) => n,
+                                _ => None,
+                            })
+                            .collect(),
+                    ),
+                    "bigint",
+                ),
+                Some(FieldRef::List(_)) => (
+                    Column::List(
+                        writes
+                            .iter()
+                            .map(|w| match w.fields.field(field) {
+                                Some(FieldRef::List(items)) => super::sql::list_to_text(items),
+                                _ => "[]".to_string(),
+                            })
+                            .collect(),
+                    ),
+                    "text",
+                ),
+                None => continue,
+            };
+            columns.push(column);
+            set.push_str(&format!("{field} = v.{field}, "));
+            arrays.push_str(&format!(", ${}::{sql_type}[]", columns.len() + 4));
+            names.push_str(&format!(", {field}"));
+        }
+        if written.deleted_at {
+            set.push_str("deleted_at = v.deleted_at, ");
+            arrays.push_str(&format!(", ${}::timestamptz[]", columns.len() + 5));
+            names.push_str(", deleted_at");
+        }
+        // $1 organization, $2 now, $3 ids, $4 expected versions, then the columns.
+        let sql = format!(
+            "UPDATE patients AS p SET {set}version = p.version + 1, updated_at = $2 \
+             FROM UNNEST($3::uuid[], $4::bigint[]{arrays}) AS v(id, expected_version{names}) \
+             WHERE p.id = v.id AND p.organization_id = $1 AND p.version = v.expected_version \
+             RETURNING p.id"
+        );
         let ids: Vec<uuid::Uuid> = writes.iter().map(|w| w.patient_id).collect();
-        let updated: Vec<(uuid::Uuid,)> = sqlx::query_as(
-            "UPDATE patients AS p SET given_name = v.given_name, family_name = v.family_name, \
-             gender = v.gender, unhcr_number = v.unhcr_number, middle_names = v.middle_names, \
-             date_of_birth = v.date_of_birth, estimated_birth_year = v.estimated_birth_year, \
-             place_of_birth = v.place_of_birth, refugee_status = v.refugee_status, \
-             origin_country = v.origin_country, current_camp = v.current_camp, \
-             camp_section = v.camp_section, phone_number = v.phone_number, email = v.email, \
-             primary_language = v.primary_language, languages_spoken = v.languages_spoken, \
-             blood_type = v.blood_type, allergies = v.allergies, \
-             chronic_conditions = v.chronic_conditions, \
-             emergency_contact_name = v.emergency_contact_name, \
-             emergency_contact_phone = v.emergency_contact_phone, \
-             verification_status = v.verification_status, deleted_at = v.deleted_at, \
-             version = p.version + 1, updated_at = $26 \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                  $7::text[], $8::date[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
-                  $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], \
-                  $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::text[], \
-                  $25::timestamptz[]) \
-               AS v(id, expected_version, given_name, family_name, gender, unhcr_number, \
-                    middle_names, date_of_birth, estimated_birth_year, place_of_birth, \
-                    refugee_status, origin_country, current_camp, camp_section, phone_number, \
-                    email, primary_language, languages_spoken, blood_type, allergies, \
-                    chronic_conditions, emergency_contact_name, emergency_contact_phone, \
-                    verification_status, deleted_at) \
-             WHERE p.id = v.id AND p.organization_id = $27 AND p.version = v.expected_version \
-             RETURNING p.id",
-        )
-        .bind(&ids)
-        .bind(
-            writes
-                .iter()
-                .map(|w| w.expected_version)
-                .collect::<Vec<i64>>(),
-        )
-        .bind(text(|f| Some(f.given_name.clone())))
-        .bind(text(|f| Some(f.family_name.clone())))
-        .bind(text(|f| Some(f.gender.clone())))
-        .bind(text(|f| f.unhcr_number.clone()))
-        .bind(text(|f| f.middle_names.clone()))
-        .bind(
-            writes
-                .iter()
-                .map(|w| w.fields.date_of_birth)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            writes
-                .iter()
-                .map(|w| w.fields.estimated_birth_year)
-                .collect::<Vec<_>>(),
-        )
-        .bind(text(|f| f.place_of_birth.clone()))
-        .bind(text(|f| f.refugee_status.clone()))
-        .bind(text(|f| f.origin_country.clone()))
-        .bind(text(|f| f.current_camp.clone()))
-        .bind(text(|f| f.camp_section.clone()))
-        .bind(text(|f| f.phone_number.clone()))
-        .bind(text(|f| f.email.clone()))
-        .bind(text(|f| f.primary_language.clone()))
-        .bind(text(|f| Some(list_to_text(&f.languages_spoken))))
-        .bind(text(|f| f.blood_type.clone()))
-        .bind(text(|f| Some(list_to_text(&f.allergies))))
-        .bind(text(|f| Some(list_to_text(&f.chronic_conditions))))
-        .bind(text(|f| f.emergency_contact_name.clone()))
-        .bind(text(|f| f.emergency_contact_phone.clone()))
-        .bind(text(|f| Some(f.verification_status.clone())))
-        .bind(writes.iter().map(|w| w.deleted_at).collect::<Vec<_>>())
-        .bind(now)
-        .bind(org)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(super::sql::classify)?;
+        let versions: Vec<i64> = writes.iter().map(|w| w.expected_version).collect();
+        let deleted: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+            writes.iter().map(|w| w.deleted_at).collect();
+        let mut query = sqlx::query_as::<_, (uuid::Uuid,)>(&sql)
+            .bind(org)
+            .bind(now)
+            .bind(&ids)
+            .bind(&versions);
+        for column in &columns {
+            query = match column {
+                Column::Text(v) => query.bind(v),
+                Column::Date(v) => query.bind(v),
+                Column::Int(v) => query.bind(v),
+                Column::List(v) => query.bind(v),
+            };
+        }
+        if written.deleted_at {
+            query = query.bind(&deleted);
+        }
+        let updated = query
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(super::sql::classify)?;
         if updated.len() == writes.len() {
             return Ok(None);
         }

@@ -157,15 +157,17 @@ impl SqliteStore {
         super::sqlite_direct::insert_backups(tx, operation_id, writes, now).await
     }
 
-    /// Writes each patient's new state if its version is still the expected one; the
-    /// first patient whose version moved on is returned (the caller rolls back).
+    /// Writes each patient's new state if its version is still the expected one (see
+    /// [`super::sqlite_direct`]); the first patient whose version moved on is returned
+    /// (the caller rolls back).
     async fn write_patients(
         tx: &mut sqlx::Transaction<'_, Sqlite>,
         org: uuid::Uuid,
         writes: &[super::ops::PatientWrite],
+        written: &super::ops::WrittenColumns,
         now: chrono::DateTime<chrono::Utc>,
     ) -> StoreResult<Option<uuid::Uuid>> {
-        super::sqlite_direct::write_patients(tx, org, writes, now).await
+        super::sqlite_direct::write_patients(tx, org, writes, written, now).await
     }
 
     /// One page of the scanned patients, read with SQLite's C API (see

@@ -17,9 +17,10 @@ use rusqlite::ToSql;
 use sqlx::SqliteConnection;
 use uuid::Uuid;
 
+use super::ops::WrittenColumns;
 use super::sql::{list_to_text, ColumnRead, FilterValue};
 use super::{StoreError, StoreResult};
-use crate::domain::patient::{Patient, PatientFields};
+use crate::domain::patient::{FieldRef, Patient, PatientFields};
 
 /// A UUID as sqlx stores it on SQLite.
 struct Id(Uuid);
@@ -224,31 +225,45 @@ pub async fn insert_backups(
     .await
 }
 
-/// Writes each patient's new state if its version is still the expected one; the first
-/// patient whose version moved on is returned (the caller rolls back).
+/// Writes each patient's new state if its version is still the expected one, setting
+/// the `written` columns only; the first patient whose version moved on is returned
+/// (the caller rolls back).
 pub async fn write_patients(
     conn: &mut SqliteConnection,
     org: Uuid,
     writes: &[super::ops::PatientWrite],
+    written: &WrittenColumns,
     now: DateTime<Utc>,
 ) -> StoreResult<Option<Uuid>> {
     if writes.is_empty() {
         return Ok(None);
     }
+    // ?1 id, ?2 organization, ?3 expected version, ?4 now, then the written columns.
+    let mut set = String::new();
+    for (i, field) in written.fields.iter().enumerate() {
+        set.push_str(&format!("{field} = ?{}, ", i + 5));
+    }
+    let deleted_at = written.fields.len() + 5;
+    if written.deleted_at {
+        set.push_str(&format!("deleted_at = ?{deleted_at}, "));
+    }
+    let sql = format!(
+        "UPDATE patients SET {set}version = version + 1, updated_at = ?4 \
+         WHERE id = ?1 AND organization_id = ?2 AND version = ?3"
+    );
     with_raw(conn, |db| {
-        let sql = format!(
-            "UPDATE patients SET {}, deleted_at = $25, version = version + 1, updated_at = $26 \
-             WHERE id = $1 AND organization_id = $2 AND version = $27",
-            super::sql::PATIENT_UPDATE_SET
-        );
-        let mut stmt = db.prepare(&numbered(&sql))?;
+        let mut stmt = db.prepare(&sql)?;
+        stmt.raw_bind_parameter(2, Id(org))?;
+        stmt.raw_bind_parameter(4, Time(now))?;
         for write in writes {
             stmt.raw_bind_parameter(1, Id(write.patient_id))?;
-            stmt.raw_bind_parameter(2, Id(org))?;
-            bind_fields(&mut stmt, 3, &write.fields)?;
-            stmt.raw_bind_parameter(25, write.deleted_at.map(Time))?;
-            stmt.raw_bind_parameter(26, Time(now))?;
-            stmt.raw_bind_parameter(27, write.expected_version)?;
+            stmt.raw_bind_parameter(3, write.expected_version)?;
+            for (i, field) in written.fields.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 5, write.fields.field(field))?;
+            }
+            if written.deleted_at {
+                stmt.raw_bind_parameter(deleted_at, write.deleted_at.map(Time))?;
+            }
             if stmt.raw_execute()? != 1 {
                 return Ok(Some(write.patient_id));
             }
@@ -256,6 +271,21 @@ pub async fn write_patients(
         Ok(None)
     })
     .await
+}
+
+impl ToSql for FieldRef<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            FieldRef::Text(t) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            FieldRef::OptText(Some(t)) => ToSqlOutput::Borrowed(ValueRef::Text(t.as_bytes())),
+            FieldRef::OptText(None) | FieldRef::Date(None) | FieldRef::Int(None) => {
+                ToSqlOutput::Owned(Value::Null)
+            }
+            FieldRef::Date(Some(day)) => day_text(day),
+            FieldRef::Int(Some(n)) => ToSqlOutput::Owned(Value::Integer(n)),
+            FieldRef::List(items) => ToSqlOutput::Owned(Value::Text(list_to_text(items))),
+        })
+    }
 }
 
 /// One row of a direct query, read by position.
