@@ -5,6 +5,10 @@
 //! only (`changed`), a few dozen bytes where the whole record was several hundred: the
 //! images of a 500,000-patient update were as large as the table. Images written
 //! before hold the whole record (`fields`); both are read.
+//!
+//! An operation writes each patient once (an update pages by id, an import's file
+//! cannot name a patient twice: the second row is a duplicate), so one image per
+//! patient and operation, the first, is all an undo needs.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
