@@ -631,6 +631,70 @@ dual_test!(
     }
 );
 
+dual_test!(
+    rolling_back_an_update_of_list_date_and_emptied_fields_restores_every_value_exactly,
+    |app: TestApp| async move {
+        // Before-images hold the changed fields only, and a chunk writes only the
+        // columns it changes: every kind of column must come back as it was.
+        let a = org(&app, "Kakuma Clinic").await;
+        import_ok(
+            &app,
+            &a.manager,
+            &generated_csv("TYP", 60, "Kakuma"),
+            json!({}),
+        )
+        .await;
+        let before = list_patients(&app, &a.manager, "current_camp=Kakuma").await;
+        assert_eq!(before.len(), 60);
+        assert!(before
+            .iter()
+            .any(|p| p["allergies"] == json!(["penicillin"])));
+        assert!(before.iter().any(|p| p["allergies"] == json!([])));
+
+        let changes = json!({
+            "allergies": ["latex", "nuts"],
+            "languages_spoken": ["en"],
+            "date_of_birth": "2001-02-03",
+            "camp_section": null,
+            "email": "clinic@example.org",
+        });
+        let update = app
+            .run_bulk(
+                &a.manager,
+                "update",
+                json!({"filters": {"current_camp": "Kakuma"}, "changes": changes}),
+            )
+            .await;
+        assert_eq!(update["status"], "completed", "{update}");
+        assert_eq!(update["result"]["patients_updated"], 60);
+        let updated = list_patients(&app, &a.manager, "current_camp=Kakuma").await;
+        for patient in &updated {
+            assert_eq!(patient["allergies"], json!(["latex", "nuts"]));
+            assert_eq!(patient["languages_spoken"], json!(["en"]));
+            assert_eq!(patient["date_of_birth"], "2001-02-03");
+            assert_eq!(patient["camp_section"], Value::Null);
+            assert_eq!(patient["email"], "clinic@example.org");
+            assert_eq!(patient["version"], 2);
+        }
+        // The fields the update did not name are untouched by its narrower UPDATE.
+        for (now, was) in updated.iter().zip(&before) {
+            for field in ["given_name", "phone_number", "gender", "unhcr_number"] {
+                assert_eq!(now[field], was[field], "{field} kept by the update");
+            }
+        }
+
+        let id = update["id"].as_str().unwrap();
+        let rollback = run_rollback(&app, &a.manager, "update", id, None).await;
+        assert_eq!(rollback["result"]["patients_restored"], 60, "{rollback}");
+        let restored = list_patients(&app, &a.manager, "current_camp=Kakuma").await;
+        assert_eq!(restored.len(), 60);
+        for (now, was) in restored.iter().zip(&before) {
+            assert_eq!(without_change_stamps(now), without_change_stamps(was));
+            assert_eq!(now["version"], 3, "version 1, update 2, rollback 3");
+        }
+    }
+);
+
 // ---------------------------------------------------------------------------------------
 // Delete rollback
 // ---------------------------------------------------------------------------------------
