@@ -411,6 +411,12 @@ macro_rules! ops_store_impl {
                 audit: $crate::store::NewAuditEntry,
             ) -> $crate::store::StoreResult<Option<($crate::domain::operation::Operation, bool)>> {
                 let mut tx = self.writer().begin_with(Self::DIALECT.begin_write).await?;
+                // A worker paused inside a chunk holds the operation's row; the server
+                // ends its transaction after 10 s, and the cancel then goes through
+                // instead of failing at its own 10 s lock timeout.
+                if !Self::DIALECT.outwait_paused_holder.is_empty() {
+                    sqlx::query(Self::DIALECT.outwait_paused_holder).execute(&mut *tx).await?;
+                }
                 let scheduled = sqlx::query(
                     "UPDATE bulk_operations SET status = 'cancelled', completed_at = $3, updated_at = $3, \
                      error_message = 'cancelled before it started' \

@@ -26,6 +26,7 @@ impl PgStore {
         skip_locked: " FOR UPDATE SKIP LOCKED",
         analyze_patients: "ANALYZE patients (organization_id, unhcr_number, deleted_at)",
         begin_write: "BEGIN",
+        outwait_paused_holder: "SET LOCAL lock_timeout = '30s'",
         notify_queue: "SELECT pg_notify('haven_operations', '')",
         notify_events: "SELECT pg_notify('haven_events', '')",
     };

@@ -31,6 +31,10 @@ pub struct Dialect {
     /// a deferred transaction that reads first can fail with `SQLITE_BUSY` when another
     /// process writes meanwhile, without waiting for the busy timeout.
     pub begin_write: &'static str,
+    /// Run first in a user's write that must not fail because a paused process holds
+    /// the row (a cancel): waits longer than the server takes to end that process's
+    /// idle transaction (`idle_in_transaction_session_timeout`). Empty: nothing to run.
+    pub outwait_paused_holder: &'static str,
     /// Signals a change of the queue to other processes (PostgreSQL NOTIFY).
     pub notify_queue: &'static str,
     /// Signals new operation events to other processes' WebSocket hubs.

@@ -27,6 +27,8 @@ impl SqliteStore {
         skip_locked: "",
         analyze_patients: "",
         begin_write: "BEGIN IMMEDIATE",
+        // One write lock for the file, waited for by the busy timeout.
+        outwait_paused_holder: "",
         notify_queue: "",
         notify_events: "",
     };
