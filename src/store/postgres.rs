@@ -417,7 +417,8 @@ impl PgStore {
             arrays.push_str(&format!(", ${}::timestamptz[]", columns.len() + 5));
             names.push_str(", deleted_at");
         }
-        // $1 organization, $2 now, $3 ids, $4 expected versions, then the columns.
+        // $1 organization, $2 now, $3 ids, $4 expected versions, then the columns. The
+        // column names in the text are `WRITABLE_FIELDS` constants, never input.
         let sql = format!(
             "UPDATE patients AS p SET {set}version = p.version + 1, updated_at = $2 \
              FROM UNNEST($3::uuid[], $4::bigint[]{arrays}) AS v(id, expected_version{names}) \

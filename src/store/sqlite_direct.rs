@@ -238,7 +238,8 @@ pub async fn write_patients(
     if writes.is_empty() {
         return Ok(None);
     }
-    // ?1 id, ?2 organization, ?3 expected version, ?4 now, then the written columns.
+    // ?1 id, ?2 organization, ?3 expected version, ?4 now, then the written columns
+    // (their names are `WRITABLE_FIELDS` constants, never input).
     let mut set = String::new();
     for (i, field) in written.fields.iter().enumerate() {
         set.push_str(&format!("{field} = ?{}, ", i + 5));
