@@ -347,6 +347,14 @@ impl PgStore {
             Int(Vec<Option<i64>>),
             List(Vec<String>),
         }
+        /// Every write's value of `field`, as `pick` takes it out of the field.
+        fn values<'a, T>(
+            writes: &'a [super::ops::PatientWrite],
+            field: &str,
+            pick: impl Fn(Option<FieldRef<'a>>) -> T,
+        ) -> Vec<T> {
+            writes.iter().map(|w| pick(w.fields.field(field))).collect()
+        }
         let Some(first) = writes.first() else {
             return Ok(None);
         };
@@ -357,52 +365,32 @@ impl PgStore {
         for field in &written.fields {
             let (column, sql_type) = match first.fields.field(field) {
                 Some(FieldRef::Text(_) | FieldRef::OptText(_)) => (
-                    Column::Text(
-                        writes
-                            .iter()
-                            .map(|w| match w.fields.field(field) {
-                                Some(FieldRef::Text(t)) => Some(t),
-                                Some(FieldRef::OptText(t)) => t,
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
+                    Column::Text(values(writes, field, |v| match v {
+                        Some(FieldRef::Text(t)) => Some(t),
+                        Some(FieldRef::OptText(t)) => t,
+                        _ => None,
+                    })),
                     "text",
                 ),
                 Some(FieldRef::Date(_)) => (
-                    Column::Date(
-                        writes
-                            .iter()
-                            .map(|w| match w.fields.field(field) {
-                                Some(FieldRef::Date(d)) => d,
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
+                    Column::Date(values(writes, field, |v| match v {
+                        Some(FieldRef::Date(d)) => d,
+                        _ => None,
+                    })),
                     "date",
                 ),
                 Some(FieldRef::Int(_)) => (
-                    Column::Int(
-                        writes
-                            .iter()
-                            .map(|w| match w.fields.field(field) {
-                                Some(FieldRef::Int(n)) => n,
-                                _ => None,
-                            })
-                            .collect(),
-                    ),
+                    Column::Int(values(writes, field, |v| match v {
+                        Some(FieldRef::Int(n)) => n,
+                        _ => None,
+                    })),
                     "bigint",
                 ),
                 Some(FieldRef::List(_)) => (
-                    Column::List(
-                        writes
-                            .iter()
-                            .map(|w| match w.fields.field(field) {
-                                Some(FieldRef::List(items)) => super::sql::list_to_text(items),
-                                _ => "[]".to_string(),
-                            })
-                            .collect(),
-                    ),
+                    Column::List(values(writes, field, |v| match v {
+                        Some(FieldRef::List(items)) => super::sql::list_to_text(items),
+                        _ => "[]".to_string(),
+                    })),
                     "text",
                 ),
                 None => continue,
