@@ -32,9 +32,14 @@ impl BeforeImage {
     /// The image of a write that turns `before` into `after` (fields; the deletion
     /// state is always kept, it is small).
     pub fn of_change(before: &Patient, after: &PatientFields) -> Self {
-        let changed = before
-            .fields
-            .differing_fields(after)
+        let changed: Vec<&'static str> = before.fields.differing_fields(after).collect();
+        Self::of_fields(before, &changed)
+    }
+
+    /// The image of a write that changes `changed` (from `differing_fields`) of `before`.
+    pub fn of_fields(before: &Patient, changed: &[&'static str]) -> Self {
+        let changed = changed
+            .iter()
             .filter_map(|f| Some((f.to_string(), before.fields.get_json(f)?)))
             .collect();
         BeforeImage {
@@ -83,16 +88,25 @@ impl WrittenColumns {
         fields: &PatientFields,
         deleted_at: Option<DateTime<Utc>>,
     ) {
-        for field in before.fields.differing_fields(fields) {
-            if !self.fields.contains(&field) {
+        let changed: Vec<&'static str> = before.fields.differing_fields(fields).collect();
+        self.add(&changed, before.deleted_at != deleted_at);
+    }
+
+    /// Adds the fields a write changes, and whether it changes `deleted_at`.
+    pub fn add(&mut self, changed: &[&'static str], deleted_at: bool) {
+        let before = self.fields.len();
+        for field in changed {
+            if !self.fields.contains(field) {
                 self.fields.push(field);
             }
         }
-        // In one order whatever the order of the changes: the statement's text, and
-        // so PostgreSQL's prepared statement, is the same for every chunk.
-        self.fields
-            .sort_by_key(|f| WRITABLE_FIELDS.iter().position(|w| w == f));
-        self.deleted_at |= before.deleted_at != deleted_at;
+        if self.fields.len() != before {
+            // In one order whatever the order of the changes: the statement's text,
+            // and so PostgreSQL's prepared statement, is the same for every chunk.
+            self.fields
+                .sort_by_key(|f| WRITABLE_FIELDS.iter().position(|w| w == f));
+        }
+        self.deleted_at |= deleted_at;
     }
 }
 

@@ -128,15 +128,20 @@ async fn modify_rows(
                 Some(at)
             } else {
                 // Validated when scheduled; a rule failing now (a date gone past) skips.
-                if !fields.apply_json(&changes, today).is_empty() || fields == patient.fields {
+                if !fields.apply_json(&changes, today).is_empty() {
                     continue;
                 }
                 None
             };
+            // Compared once: the columns to write and the before-image both need it.
+            let changed: Vec<&'static str> = patient.fields.differing_fields(&fields).collect();
+            if !is_delete && changed.is_empty() {
+                continue;
+            }
             next.changed += 1;
-            written.add_change(patient, &fields, deleted_at);
+            written.add(&changed, deleted_at != patient.deleted_at);
             let backup = create_backup.then(|| {
-                let image = BeforeImage::of_change(patient, &fields);
+                let image = BeforeImage::of_fields(patient, &changed);
                 run.seal_backup(run.op.id, patient.id, &image)
             });
             chunk.writes.push(PatientWrite {
